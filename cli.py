@@ -93,6 +93,44 @@ def convert_cityscapes(root: str, split: str, out_json: str) -> None:
 # (commands: train, evaluate, predict)
 
 
+@main.command("train", context_settings={"ignore_unknown_options": False})
+@click.option("--config", type=click.Path(exists=True, dir_okay=False), help=CONFIG_HELP)
+@click.option("--resume", is_flag=True, help="Continue from the run's last checkpoint (exactly).")
+@click.argument("overrides", nargs=-1)
+def train_cmd(config: str | None, resume: bool, overrides: tuple[str, ...]) -> None:
+    """Train (supervised, or teacher-student when semi.enabled) reading depth from the cache."""
+    from pipeline.engine.context import NonFiniteLoss
+    from pipeline.engine.trainer import train
+
+    cfg = _load(config, overrides)
+    try:
+        metrics = train(cfg, resume=resume)
+    except (NonFiniteLoss, FileNotFoundError, KeyError, ValueError) as err:
+        raise click.ClickException(str(err)) from err
+    if metrics:
+        click.echo(f"final val mask AP: {metrics.get('AP', float('nan')):.2f}")
+
+
+@main.command("evaluate")
+@click.option("--config", type=click.Path(exists=True, dir_okay=False), help=CONFIG_HELP)
+@click.option("--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--which", type=click.Choice(["auto", "model", "teacher"]), default="auto", show_default=True,
+              help="Weights to evaluate; auto = the teacher when the checkpoint has one.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Where metrics.json/results.json go.")
+@click.argument("overrides", nargs=-1)
+def evaluate_cmd(config: str | None, checkpoint: str, which: str, out_dir: str | None,
+                 overrides: tuple[str, ...]) -> None:
+    """COCO mask AP of a checkpoint on the val split (depth read from the cache)."""
+    from pipeline.engine.checkpoint import CheckpointError
+    from pipeline.engine.evaluate import evaluate_checkpoint
+
+    cfg = _load(config, overrides)
+    try:
+        evaluate_checkpoint(cfg, checkpoint, out_dir, which)
+    except (CheckpointError, FileNotFoundError, KeyError, ValueError) as err:
+        raise click.ClickException(str(err)) from err
+
+
 # ---------------------------------------------------------------- benchmarks
 # (command group: bench)
 

@@ -18,7 +18,6 @@ import yaml
 
 from pipeline.config import Config
 
-
 _FLOAT_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 

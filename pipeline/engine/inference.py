@@ -1,0 +1,42 @@
+"""Run a model over the validation loader and score it with COCO mask AP."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from pipeline.engine.distributed import all_gather_objects
+
+
+@torch.no_grad()
+def predict_loader(model: nn.Module, loader, device: torch.device, provider, max_det: int,
+                   use_depth: bool, show_progress: bool = True) -> list[tuple[str, dict]]:
+    """(image_id, prediction at the original size) for every image this process sees."""
+    from pipeline.model.postprocess import postprocess
+
+    was_training = model.training
+    model.eval()
+    out: list[tuple[str, dict]] = []
+    for batch in tqdm(loader, desc="inference", disable=not show_progress, leave=False):
+        batch = batch.to(device)
+        provider.fill(batch)
+        outputs = model(batch.images, batch.features if use_depth else None)
+        sizes = [(int(v.any(1).sum()), int(v.any(0).sum())) for v in batch.valid]  # valid = top-left block
+        preds = postprocess(outputs, sizes, [tuple(s) for s in batch.orig_sizes], max_det)
+        out.extend((str(i), {k: v.cpu() for k, v in p.items()}) for i, p in zip(batch.image_ids, preds, strict=True))
+    model.train(was_training)
+    return out
+
+
+def evaluate_model(model: nn.Module, loader, coco_gt, device: torch.device, provider, max_det: int,
+                   use_depth: bool, show_progress: bool = True) -> dict:
+    """COCO segm metrics over the whole val set (predictions gathered from every process)."""
+    from pipeline.evaluation import Evaluator
+
+    local = predict_loader(model, loader, device, provider, max_det, use_depth, show_progress)
+    evaluator = Evaluator(coco_gt)
+    for part in all_gather_objects(local):
+        for image_id, pred in part:  # type: ignore[union-attr]
+            evaluator.process([image_id], [pred])
+    return evaluator.evaluate()

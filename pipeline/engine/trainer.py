@@ -1,0 +1,131 @@
+"""The supervised training loop (labels only): the baseline and the teacher-only stage.
+
+Kept flat in the manner of torchvision's detection references: build, (resume), loop over
+iterations, log, checkpoint, evaluate. `train()` dispatches to the teacher-student trainer
+when `semi.enabled`.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from pipeline.config import Config
+from pipeline.config_io import to_dict
+from pipeline.engine.checkpoint import (
+    last_checkpoint,
+    load_checkpoint,
+    load_model_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from pipeline.engine.context import RunContext, build_context, check_finite, train_loader
+from pipeline.engine.inference import evaluate_model
+
+
+def train(cfg: Config, resume: bool = False) -> dict:
+    """`cli.py train`: supervised, or both stages of the teacher-student recipe."""
+    if cfg.semi.enabled:
+        from pipeline.semi.trainer import train_semi
+
+        return train_semi(cfg, resume=resume)
+    return train_supervised(cfg, resume=resume)
+
+
+def wrap_ddp(model: nn.Module, ctx: RunContext) -> nn.Module:
+    if ctx.dist.world_size == 1:
+        return model
+    ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
+
+
+def main_loss_terms(losses: dict[str, torch.Tensor]) -> dict[str, float]:
+    """The total and the last decoder layer's terms (aux layers only add noise to a log)."""
+    out = {"loss": float(sum(losses.values()))}
+    out.update({k: float(v) for k, v in losses.items() if not k[-1].isdigit()})
+    return out
+
+
+def optimizer_step(ctx: RunContext, loss: torch.Tensor, params) -> None:
+    ctx.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if ctx.cfg.train.clip_grad > 0:
+        torch.nn.utils.clip_grad_norm_(params, ctx.cfg.train.clip_grad)
+    ctx.optimizer.step()
+    ctx.scheduler.step()
+
+
+def restore(ctx: RunContext, extra_models: dict[str, nn.Module] | None = None) -> tuple[int, dict]:
+    """Load the run's last checkpoint into the context; returns (iteration, the raw checkpoint)."""
+    path = last_checkpoint(ctx.out_dir)
+    if path is None:
+        raise FileNotFoundError(f"--resume: no checkpoint in {ctx.out_dir} (no '{ctx.out_dir}/last_checkpoint')")
+    ckpt = load_checkpoint(path)
+    load_model_state(ctx.model, ckpt["model"], str(path))
+    for name, module in (extra_models or {}).items():
+        load_model_state(module, ckpt[name], f"{path} [{name}]")
+    ctx.optimizer.load_state_dict(ckpt["optimizer"])
+    ctx.scheduler.load_state_dict(ckpt["scheduler"])
+    set_rng_state(ckpt["rng"])
+    ctx.log.truncate_after(ckpt["iteration"])
+    return int(ckpt["iteration"]), ckpt
+
+
+def checkpoint_state(ctx: RunContext, **extra) -> dict:
+    return {
+        "model": ctx.model.state_dict(),
+        "optimizer": ctx.optimizer.state_dict(),
+        "scheduler": ctx.scheduler.state_dict(),
+        "config": to_dict(ctx.cfg),
+        **extra,
+    }
+
+
+def periodic_eval(ctx: RunContext, model: nn.Module, iteration: int, prefix: str = "val") -> dict:
+    metrics = evaluate_model(model, ctx.val_loader, ctx.coco_val, ctx.device, ctx.provider,
+                             ctx.cfg.eval.max_detections, ctx.use_depth, show_progress=False)
+    record = {"iter": iteration}
+    record.update({f"{prefix}/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
+    ctx.log.write(record)
+    if ctx.dist.is_main:
+        from pipeline.evaluation.visualize import plot_curves
+
+        plot_curves(ctx.log.path, ctx.out_dir / "curves.png")
+    return metrics
+
+
+def train_supervised(cfg: Config, resume: bool = False) -> dict:
+    from pipeline.data.dataset import build_train_dataset
+
+    ctx = build_context(cfg)
+    start = restore(ctx)[0] if resume else 0
+    labeled = build_train_dataset(cfg, ctx.reader)
+    loader = iter(train_loader(labeled, cfg, ctx.dist, cfg.train.batch_size, start))
+    model = wrap_ddp(ctx.model, ctx)
+    model.train()
+    metrics: dict = {}
+    t0 = time.perf_counter()
+    bar = tqdm(range(start, cfg.train.max_iter), initial=start, total=cfg.train.max_iter,
+               desc="train", disable=not ctx.dist.is_main)
+    for it in bar:
+        batch = next(loader).to(ctx.device)
+        ctx.provider.fill(batch)
+        with ctx.autocast:
+            outputs = model(batch.images, batch.features if ctx.use_depth else None)
+        losses = ctx.criterion(outputs, batch.targets)
+        check_finite(losses, it, ctx.out_dir)
+        optimizer_step(ctx, sum(losses.values()), model.parameters())
+        step = it + 1
+        if step % cfg.train.log_period == 0 or step == cfg.train.max_iter:
+            terms = main_loss_terms(losses)
+            bar.set_postfix(loss=f"{terms['loss']:.3f}")
+            ctx.log.write({"iter": step, **terms, "lr": ctx.scheduler.get_last_lr()[0],
+                           "time": time.perf_counter() - t0})
+        if ctx.dist.is_main and (step % cfg.train.checkpoint_period == 0 or step == cfg.train.max_iter):
+            save_checkpoint(ctx.out_dir, step, checkpoint_state(ctx))
+        if (cfg.train.eval_period > 0 and step % cfg.train.eval_period == 0) or step == cfg.train.max_iter:
+            metrics = periodic_eval(ctx, ctx.model, step)
+    return metrics
