@@ -117,6 +117,12 @@ class SemiConfig:
     score_threshold: float = 0.7
     mask_threshold: float = 0.5
     min_mask_area: int = 5  # pixels at the training canvas
+    # pseudo-labels whose mask IoU with a higher-scored one exceeds this are dropped (duplicates); None = keep all
+    pseudo_dedup_iou: Optional[float] = 0.9
+    # how the teacher's depth view is drawn: "gray" replicates depth to 3 channels, "jet" colour-maps it
+    depth_view: Literal["gray", "jet"] = "gray"
+    # EMA of floating-point buffers: "average" like the parameters, or "copy" the student's
+    ema_buffers: Literal["average", "copy"] = "average"
     depth_pseudo_labels: bool = True  # teacher also predicts on the depth view
     controller: ControllerConfig = field(default_factory=ControllerConfig)
 
