@@ -14,11 +14,15 @@ from torch import nn
 
 @dataclass
 class FeatureInfo:
-    """One stored feature level: its name, channels and stride w.r.t. the network input."""
+    """One stored feature level: its name, channels and stride w.r.t. the network input.
+
+    The stride is a float because DPT's finer maps are fractional (path_2 of a patch-14 ViT is
+    at 14/4 = 3.5 pixels per cell): a map is `(H / stride, W / stride)` for an input `(H, W)`.
+    """
 
     name: str
     channels: int
-    stride: int
+    stride: float
 
 
 @dataclass
