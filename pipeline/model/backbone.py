@@ -1,0 +1,115 @@
+"""The backbone: any timm model with `features_only`, exposing levels res2..res5 (strides 4..32).
+
+Weights are never downloaded: `pretrained=False` always, and a checkpoint, if given, is a local
+file read with `torch.load(..., weights_only=True)` (weight files are untrusted) and loaded into
+the timm model, with a clear error when its keys or shapes do not fit.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Optional
+
+import timm
+import torch
+from torch import Tensor, nn
+
+LEVEL_STRIDES = {"res2": 4, "res3": 8, "res4": 16, "res5": 32}
+
+
+def _check_name(name: str) -> None:
+    names = timm.list_models()
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=8, cutoff=0.6)
+        hint = f"; close names: {', '.join(close)}" if close else ""
+        raise ValueError(f"unknown timm backbone {name!r}{hint}")
+
+
+def _read_state_dict(path: Path) -> dict[str, Tensor]:
+    if not path.is_file():
+        raise FileNotFoundError(f"backbone weights file {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt file, or a pickle with objects that weights_only refuses
+        raise ValueError(f"cannot read backbone weights {path}: {exc}") from exc
+    for key in ("state_dict", "model", "state_dict_ema"):
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise ValueError(f"backbone weights {path} are not a state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def _source_key(key: str, state: dict[str, Tensor]) -> Optional[str]:
+    """The checkpoint key of a features_only parameter name.
+
+    timm's feature wrappers flatten the first level of nested modules ("stages.0" -> "stages_0")
+    or wrap the model ("model."); the checkpoint uses the classification model's names.
+    """
+    head, _, rest = key.partition(".")
+    for cand in (key, head.replace("_", ".") + "." + rest if rest else key, key.removeprefix("model.")):
+        if cand in state:
+            return cand
+    return None
+
+
+class Backbone(nn.Module):
+    """timm feature extractor returning {"res2": (B, C2, H/4, W/4), ..., "res5": (B, C5, H/32, W/32)}.
+
+    Args:
+        name: a timm model name (resnet18 for tests and demos, resnet50 at paper scale).
+        weights: local checkpoint of that timm model (the classification head's keys are ignored);
+            None = random initialisation.
+    """
+
+    def __init__(self, name: str = "resnet50", weights: Optional[str] = None) -> None:
+        super().__init__()
+        _check_name(name)
+        self.name = name
+        self.body = timm.create_model(name, pretrained=False, features_only=True)
+        reductions = self.body.feature_info.reduction()
+        channels = self.body.feature_info.channels()
+        self._index: dict[str, int] = {}
+        self.channels: dict[str, int] = {}
+        self.strides: dict[str, int] = {}
+        for level, stride in LEVEL_STRIDES.items():
+            hits = [i for i, r in enumerate(reductions) if r == stride]
+            if not hits:
+                raise ValueError(
+                    f"backbone {name!r} has no feature level at stride {stride} (its strides: {reductions}); "
+                    "Mask2Former needs strides 4, 8, 16 and 32"
+                )
+            self._index[level] = hits[-1]  # the deepest stage at that stride
+            self.channels[level] = channels[hits[-1]]
+            self.strides[level] = stride
+        if weights is not None:
+            self.load_weights(weights)
+
+    def load_weights(self, path: str) -> None:
+        """Load a local timm checkpoint; raises ValueError naming the file if it does not fit."""
+        state = _read_state_dict(Path(path))
+        own = self.body.state_dict()
+        mapped, missing, wrong_shape = {}, [], []
+        for key, value in own.items():
+            src = _source_key(key, state)
+            if src is None:
+                missing.append(key)
+            elif state[src].shape != value.shape:
+                wrong_shape.append(f"{key}: file {tuple(state[src].shape)} vs model {tuple(value.shape)}")
+            else:
+                mapped[key] = state[src]
+        if missing or wrong_shape:
+            parts = []
+            if missing:
+                parts.append(f"{len(missing)} missing keys (e.g. {missing[:3]})")
+            if wrong_shape:
+                parts.append(f"{len(wrong_shape)} shape mismatches (e.g. {wrong_shape[:3]})")
+            raise ValueError(f"backbone weights {path} do not fit timm model {self.name!r}: " + "; ".join(parts))
+        self.body.load_state_dict(mapped)
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        """x: (B, 3, H, W) normalised, H and W multiples of 32 -> {level: (B, C_l, H/s_l, W/s_l)}."""
+        feats = self.body(x)
+        return {level: feats[i] for level, i in self._index.items()}

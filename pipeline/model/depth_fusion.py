@@ -1,0 +1,77 @@
+"""Depth Fusion (DF) of "Depth-Guided Semi-Supervised Instance Segmentation" (Chen et al., 2024).
+
+At each chosen backbone level, the depth estimator's features (cached decoder features, or the
+depth pyramid of the files source) are resized to that level and fused with a 1x1 convolution:
+
+    F = Conv1x1(concat(resize(F_depth), F_backbone)),  C_d + C_b -> C_b channels.
+
+Initialisation: the conv weight is [0 | I] (zeros over the C_d depth channels, the identity over
+the C_b backbone channels) and the bias is 0, so at step 0 the fused output EQUALS F_backbone and
+training starts from the backbone's own features. The depth half is not stuck at zero: its weight
+gradient is dL/dF * F_depth, non-zero as soon as the depth features are, so the network learns how
+much depth to mix in. (A zero weight only blocks the gradient flowing *into* F_depth, which is a
+cached input anyway.)
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class DepthFusion(nn.Module):
+    """Fuse depth features into backbone levels.
+
+    Args:
+        sources: {backbone level (res2..res5): depth feature name (path_1..path_4, ...)}.
+        backbone_channels: {backbone level: channels}.
+        depth_channels: {depth feature name: channels}.
+    """
+
+    def __init__(self, sources: dict[str, str], backbone_channels: dict[str, int],
+                 depth_channels: dict[str, int]) -> None:
+        super().__init__()
+        if not sources:
+            raise ValueError("Depth Fusion is enabled but has no sources (backbone level -> depth feature)")
+        for level, name in sources.items():
+            if level not in backbone_channels:
+                raise ValueError(f"Depth Fusion source level {level!r} is not a backbone level "
+                                 f"({sorted(backbone_channels)})")
+            if name not in depth_channels:
+                raise ValueError(f"Depth Fusion reads depth feature {name!r} for {level}, but the depth source "
+                                 f"provides only {sorted(depth_channels)}")
+        self.sources = dict(sources)
+        self.depth_channels = {name: depth_channels[name] for name in sources.values()}
+        self.fuse = nn.ModuleDict()
+        for level, name in sources.items():
+            c_d, c_b = depth_channels[name], backbone_channels[level]
+            conv = nn.Conv2d(c_d + c_b, c_b, kernel_size=1)
+            with torch.no_grad():
+                conv.weight.zero_()
+                conv.weight[:, c_d:, 0, 0] = torch.eye(c_b)
+                conv.bias.zero_()
+            self.fuse[level] = conv
+
+    def forward(self, features: dict[str, Tensor], depth_features: dict[str, Tensor]) -> dict[str, Tensor]:
+        """
+        Args:
+            features: {level: (B, C_b, h_l, w_l)} from the backbone.
+            depth_features: {name: (B, C_d, h, w)} at any resolution covering the same image extent.
+
+        Returns:
+            a new dict with the chosen levels fused (same shapes), the others passed through.
+        """
+        out = dict(features)
+        for level, name in self.sources.items():
+            if name not in depth_features:
+                raise KeyError(f"Depth Fusion needs depth feature {name!r} for {level}; got {sorted(depth_features)}")
+            f_b = features[level]
+            f_d = depth_features[name]
+            if f_d.dim() != 4 or f_d.shape[0] != f_b.shape[0] or f_d.shape[1] != self.depth_channels[name]:
+                raise ValueError(f"depth feature {name!r} has shape {tuple(f_d.shape)}; expected "
+                                 f"({f_b.shape[0]}, {self.depth_channels[name]}, h, w)")
+            if f_d.shape[-2:] != f_b.shape[-2:]:
+                f_d = F.interpolate(f_d, size=f_b.shape[-2:], mode="bilinear", align_corners=False)
+            out[level] = self.fuse[level](torch.cat([f_d.to(f_b.dtype), f_b], dim=1))
+        return out

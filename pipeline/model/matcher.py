@@ -1,0 +1,108 @@
+"""Hungarian matching of predicted queries to target instances (Mask2Former's matcher).
+
+The cost of pairing query q with target t is
+    cost_class * (-p_q(class_t)) + cost_mask * BCE(mask_q, mask_t) + cost_dice * dice(mask_q, mask_t),
+with both mask terms computed on the same `num_points` random points for every pair (predictions
+at stride 4 and targets at full resolution are read at the same normalised coordinates). The
+assignment minimising the summed cost is found by scipy's `linear_sum_assignment`.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from scipy.optimize import linear_sum_assignment
+from torch import Tensor, nn
+
+from pipeline.model.point_sampling import pad_targets, point_sample
+
+
+def pairwise_sigmoid_ce(inputs: Tensor, targets: Tensor) -> Tensor:
+    """Mean binary cross-entropy over points of every (prediction, target) pair.
+
+    inputs: (Q, P) logits; targets: (N, P) in [0, 1] -> (Q, N).
+    """
+    pos = nn.functional.binary_cross_entropy_with_logits(inputs, torch.ones_like(inputs), reduction="none")
+    neg = nn.functional.binary_cross_entropy_with_logits(inputs, torch.zeros_like(inputs), reduction="none")
+    return (pos @ targets.T + neg @ (1 - targets).T) / inputs.shape[1]
+
+
+def pairwise_dice(inputs: Tensor, targets: Tensor) -> Tensor:
+    """Dice loss (1 - soft dice, +1 smoothing) of every pair. inputs: (Q, P) logits; targets: (N, P) -> (Q, N)."""
+    prob = inputs.sigmoid()
+    numerator = 2 * prob @ targets.T
+    denominator = prob.sum(-1)[:, None] + targets.sum(-1)[None, :]
+    return 1 - (numerator + 1) / (denominator + 1)
+
+
+class HungarianMatcher(nn.Module):
+    """One-to-one assignment of queries to targets per image.
+
+    Args:
+        cost_class: weight of the class term.
+        cost_mask: weight of the point-sampled mask BCE.
+        cost_dice: weight of the point-sampled dice loss.
+        num_points: points sampled per image (shared by all pairs of that image).
+        mask_stride: input pixels per mask-logit cell (targets are padded to the extent it covers).
+    """
+
+    def __init__(self, cost_class: float = 1.0, cost_mask: float = 1.0, cost_dice: float = 1.0,
+                 num_points: int = 12544, mask_stride: int = 4) -> None:
+        super().__init__()
+        if cost_class == 0 and cost_mask == 0 and cost_dice == 0:
+            raise ValueError("all matcher costs are 0")
+        self.cost_class, self.cost_mask, self.cost_dice = cost_class, cost_mask, cost_dice
+        self.num_points = num_points
+        self.mask_stride = mask_stride
+
+    @torch.no_grad()
+    def cost_matrix(self, logits: Tensor, masks: Tensor, labels: Tensor, target_masks: Tensor,
+                    points: Optional[Tensor] = None) -> Tensor:
+        """Cost of every pair for one image.
+
+        Args:
+            logits: (Q, K+1) class logits.
+            masks: (Q, h, w) mask logits at `mask_stride`.
+            labels: (N,) int64 target classes.
+            target_masks: (N, H, W) bool or float target masks at input resolution.
+            points: (P, 2) (x, y) in [0, 1]; drawn uniformly at random when None.
+
+        Returns:
+            (Q, N) float32 costs, on the CPU.
+        """
+        logits, masks = logits.float(), masks.float()
+        if points is None:
+            points = torch.rand(self.num_points, 2, device=masks.device)
+        prob = logits.softmax(-1)
+        cost_class = -prob[:, labels]
+        tgt = pad_targets(target_masks.to(masks.dtype), masks.shape[-2:], self.mask_stride)
+        tgt_points = point_sample(tgt[None], points[None].to(masks.dtype))[0]  # (N, P)
+        pred_points = point_sample(masks[None], points[None].to(masks.dtype))[0]  # (Q, P)
+        cost = (self.cost_class * cost_class + self.cost_mask * pairwise_sigmoid_ce(pred_points, tgt_points)
+                + self.cost_dice * pairwise_dice(pred_points, tgt_points))
+        return cost.cpu()
+
+    @torch.no_grad()
+    def forward(self, outputs: dict, targets: list[dict]) -> list[tuple[Tensor, Tensor]]:
+        """
+        Args:
+            outputs: {"pred_logits": (B, Q, K+1), "pred_masks": (B, Q, h, w)}.
+            targets: per image {"labels": (N,) int64, "masks": (N, H, W)}.
+
+        Returns:
+            per image (query indices (M,), target indices (M,)) int64 with M = min(Q, N), sorted by query.
+        """
+        indices = []
+        for b, target in enumerate(targets):
+            labels = target["labels"]
+            if labels.numel() == 0:
+                empty = torch.zeros(0, dtype=torch.int64)
+                indices.append((empty, empty.clone()))
+                continue
+            cost = self.cost_matrix(outputs["pred_logits"][b], outputs["pred_masks"][b], labels, target["masks"])
+            if not torch.isfinite(cost).all():
+                raise FloatingPointError("matching cost is not finite (NaN/inf in the predictions)")
+            rows, cols = linear_sum_assignment(cost.numpy())
+            indices.append((torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(cols, dtype=torch.int64)))
+        return indices

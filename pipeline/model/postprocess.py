@@ -1,0 +1,81 @@
+"""Mask2Former instance inference: model outputs -> per-image instance lists at the original size.
+
+Every (query, class) pair is a candidate scored by its class probability; the top `max_det` are
+kept (a query may appear with several classes). Mask logits are upsampled bilinearly to the
+padded input, cropped to the valid image, resized to the output size and thresholded at 0
+(sigmoid 0.5); thresholding after the upsampling keeps sub-cell boundary detail. The final score
+is class probability x mean mask probability inside the mask.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def masks_to_boxes(masks: Tensor) -> Tensor:
+    """(N, H, W) bool -> (N, 4) float xyxy pixel extents (x2, y2 exclusive); empty masks give zeros."""
+    n = masks.shape[0]
+    boxes = torch.zeros(n, 4, dtype=torch.float32, device=masks.device)
+    if n == 0:
+        return boxes
+    rows = masks.any(2)  # (N, H)
+    cols = masks.any(1)  # (N, W)
+    nonempty = rows.any(1)
+    h, w = masks.shape[-2:]
+    ar_h = torch.arange(h, device=masks.device)
+    ar_w = torch.arange(w, device=masks.device)
+    y1 = torch.where(rows, ar_h, h).min(1).values
+    y2 = torch.where(rows, ar_h, -1).max(1).values + 1
+    x1 = torch.where(cols, ar_w, w).min(1).values
+    x2 = torch.where(cols, ar_w, -1).max(1).values + 1
+    boxes[nonempty] = torch.stack([x1, y1, x2, y2], 1)[nonempty].float()
+    return boxes
+
+
+@torch.no_grad()
+def postprocess(outputs: dict, image_sizes: list[tuple[int, int]], out_sizes: list[tuple[int, int]],
+                max_det: int = 100, mask_stride: int = 4) -> list[dict[str, Tensor]]:
+    """
+    Args:
+        outputs: {"pred_logits": (B, Q, K+1), "pred_masks": (B, Q, h, w)} of the model.
+        image_sizes: per image the valid (unpadded) size (h_i, w_i) in input pixels.
+        out_sizes: per image the size (H_i, W_i) to return the masks at (the original image).
+        max_det: instances kept per image.
+        mask_stride: input pixels per mask-logit cell.
+
+    Returns:
+        per image {"masks": (N, H_i, W_i) bool, "scores": (N,) float, "labels": (N,) int64,
+        "boxes": (N, 4) float xyxy at the output size}, sorted by decreasing score, N <= max_det.
+    """
+    logits_all = outputs["pred_logits"].float()
+    masks_all = outputs["pred_masks"]
+    if not (len(image_sizes) == len(out_sizes) == logits_all.shape[0]):
+        raise ValueError(f"batch of {logits_all.shape[0]} with {len(image_sizes)} image sizes "
+                         f"and {len(out_sizes)} output sizes")
+    num_classes = logits_all.shape[-1] - 1
+    padded = (masks_all.shape[-2] * mask_stride, masks_all.shape[-1] * mask_stride)
+    results = []
+    for logits, mask_logits, (vh, vw), (oh, ow) in zip(logits_all, masks_all, image_sizes, out_sizes, strict=True):
+        scores = logits.softmax(-1)[:, :-1].flatten()  # (Q*K,), query-major
+        k = min(max_det, scores.numel())
+        top_scores, top_idx = scores.topk(k, sorted=True)
+        labels = top_idx % num_classes
+        queries = top_idx // num_classes
+        m = mask_logits[queries].float()[None]  # (1, k, h, w)
+        m = F.interpolate(m, size=padded, mode="bilinear", align_corners=False)[..., : int(vh), : int(vw)]
+        m = F.interpolate(m, size=(int(oh), int(ow)), mode="bilinear", align_corners=False)[0]
+        binary = m > 0
+        prob = m.sigmoid()
+        mask_score = (prob * binary).flatten(1).sum(1) / (binary.flatten(1).sum(1) + 1e-6)
+        final = top_scores * mask_score
+        order = final.argsort(descending=True)
+        binary = binary[order]
+        results.append({
+            "masks": binary,
+            "scores": final[order],
+            "labels": labels[order].to(torch.int64),
+            "boxes": masks_to_boxes(binary),
+        })
+    return results

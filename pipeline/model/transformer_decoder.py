@@ -1,0 +1,190 @@
+"""Mask2Former's masked-attention transformer decoder (Cheng et al., CVPR 2022, Sec. 3.2).
+
+Learned queries attend, layer after layer, to one pixel-decoder level in round-robin order
+(coarsest first). Each cross-attention is *masked*: a query only sees the pixels inside the mask
+it predicted after the previous layer (sigmoid >= 0.5 at that level's resolution). Predictions
+(class logits over K classes + "no object", mask logits) come after every layer, which gives the
+deep supervision of the criterion.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pipeline.model.position_encoding import PositionEmbeddingSine
+
+
+class SelfAttentionLayer(nn.Module):
+    def __init__(self, d_model: int, nhead: int, normalize_before: bool = False) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(d_model, nhead)
+        self.norm = nn.LayerNorm(d_model)
+        self.normalize_before = normalize_before
+
+    def forward(self, tgt: Tensor, query_pos: Tensor) -> Tensor:
+        """tgt, query_pos: (Q, B, C) -> (Q, B, C)."""
+        x = self.norm(tgt) if self.normalize_before else tgt
+        q = k = x + query_pos
+        out = tgt + self.attn(q, k, value=x, need_weights=False)[0]
+        return out if self.normalize_before else self.norm(out)
+
+
+class CrossAttentionLayer(nn.Module):
+    def __init__(self, d_model: int, nhead: int, normalize_before: bool = False) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(d_model, nhead)
+        self.norm = nn.LayerNorm(d_model)
+        self.normalize_before = normalize_before
+
+    def forward(self, tgt: Tensor, memory: Tensor, attn_mask: Optional[Tensor], pos: Tensor,
+                query_pos: Tensor) -> Tensor:
+        """tgt, query_pos: (Q, B, C); memory, pos: (HW, B, C); attn_mask: (B*nhead, Q, HW) bool, True = blocked."""
+        x = self.norm(tgt) if self.normalize_before else tgt
+        out = tgt + self.attn(x + query_pos, memory + pos, value=memory, attn_mask=attn_mask, need_weights=False)[0]
+        return out if self.normalize_before else self.norm(out)
+
+
+class FFNLayer(nn.Module):
+    def __init__(self, d_model: int, dim_feedforward: int, normalize_before: bool = False) -> None:
+        super().__init__()
+        self.linear1 = nn.Linear(d_model, dim_feedforward)
+        self.linear2 = nn.Linear(dim_feedforward, d_model)
+        self.norm = nn.LayerNorm(d_model)
+        self.normalize_before = normalize_before
+
+    def forward(self, tgt: Tensor) -> Tensor:
+        x = self.norm(tgt) if self.normalize_before else tgt
+        out = tgt + self.linear2(F.relu(self.linear1(x)))
+        return out if self.normalize_before else self.norm(out)
+
+
+class MLP(nn.Module):
+    """Linear layers with ReLU between them."""
+
+    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int) -> None:
+        super().__init__()
+        dims = [input_dim] + [hidden_dim] * (num_layers - 1)
+        self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip(dims, dims[1:] + [output_dim], strict=True))
+
+    def forward(self, x: Tensor) -> Tensor:
+        for i, layer in enumerate(self.layers):
+            x = layer(x) if i == len(self.layers) - 1 else F.relu(layer(x))
+        return x
+
+
+class MaskedTransformerDecoder(nn.Module):
+    """Queries -> class logits and mask logits, with masked cross-attention.
+
+    Args:
+        in_channels: channels of the pixel decoder's multi-scale features.
+        num_classes: K (the class head predicts K + 1, the last being "no object").
+        hidden_dim: query width.
+        num_queries: Q.
+        nheads: attention heads.
+        dim_feedforward: FFN width.
+        dec_layers: decoder layers (each does cross-attention, self-attention, FFN).
+        pre_norm: LayerNorm before (True) or after (False, Mask2Former's default) each block.
+        mask_dim: channels of the mask features (the mask embedding's width).
+        num_feature_levels: pixel-decoder levels visited round-robin.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        hidden_dim: int = 256,
+        num_queries: int = 100,
+        nheads: int = 8,
+        dim_feedforward: int = 2048,
+        dec_layers: int = 9,
+        pre_norm: bool = False,
+        mask_dim: int = 256,
+        num_feature_levels: int = 3,
+    ) -> None:
+        super().__init__()
+        self.num_heads = nheads
+        self.num_layers = dec_layers
+        self.num_feature_levels = num_feature_levels
+        self.pe_layer = PositionEmbeddingSine(hidden_dim // 2)
+        self.self_attn = nn.ModuleList(SelfAttentionLayer(hidden_dim, nheads, pre_norm) for _ in range(dec_layers))
+        self.cross_attn = nn.ModuleList(CrossAttentionLayer(hidden_dim, nheads, pre_norm) for _ in range(dec_layers))
+        self.ffn = nn.ModuleList(FFNLayer(hidden_dim, dim_feedforward, pre_norm) for _ in range(dec_layers))
+        self.decoder_norm = nn.LayerNorm(hidden_dim)
+        self.query_feat = nn.Embedding(num_queries, hidden_dim)
+        self.query_embed = nn.Embedding(num_queries, hidden_dim)
+        self.level_embed = nn.Embedding(num_feature_levels, hidden_dim)
+        self.input_proj = nn.ModuleList()
+        for _ in range(num_feature_levels):
+            if in_channels != hidden_dim:
+                conv = nn.Conv2d(in_channels, hidden_dim, 1)
+                nn.init.kaiming_uniform_(conv.weight, a=1)
+                nn.init.zeros_(conv.bias)
+                self.input_proj.append(conv)
+            else:
+                self.input_proj.append(nn.Identity())
+        self.class_embed = nn.Linear(hidden_dim, num_classes + 1)
+        self.mask_embed = MLP(hidden_dim, hidden_dim, mask_dim, 3)
+        for module in (*self.self_attn, *self.cross_attn, *self.ffn):
+            for p in module.parameters():
+                if p.dim() > 1:
+                    nn.init.xavier_uniform_(p)
+
+    def forward(self, features: list[Tensor], mask_features: Tensor) -> dict:
+        """
+        Args:
+            features: pixel-decoder levels, coarsest first, each (B, C, h_l, w_l).
+            mask_features: (B, mask_dim, H/4, W/4).
+
+        Returns:
+            {"pred_logits": (B, Q, K+1), "pred_masks": (B, Q, H/4, W/4),
+             "aux_outputs": [{"pred_logits", "pred_masks"}] * dec_layers} (before each layer, first = the
+            queries before any attention).
+        """
+        if len(features) != self.num_feature_levels:
+            raise ValueError(f"expected {self.num_feature_levels} feature levels, got {len(features)}")
+        src, pos, sizes = [], [], []
+        for i, x in enumerate(features):
+            sizes.append(x.shape[-2:])
+            pos.append(self.pe_layer(x).flatten(2).permute(2, 0, 1))  # (HW, B, C)
+            src.append((self.input_proj[i](x).flatten(2) + self.level_embed.weight[i][None, :, None]).permute(2, 0, 1))
+        b = mask_features.shape[0]
+        query_embed = self.query_embed.weight.unsqueeze(1).repeat(1, b, 1)  # (Q, B, C)
+        output = self.query_feat.weight.unsqueeze(1).repeat(1, b, 1)
+
+        classes, masks = [], []
+        cls, msk, attn_mask = self._heads(output, mask_features, sizes[0])
+        classes.append(cls)
+        masks.append(msk)
+        for i in range(self.num_layers):
+            lvl = i % self.num_feature_levels
+            # a query whose mask is empty would attend to nothing (NaN softmax): let it see everything
+            attn_mask[attn_mask.all(-1)] = False
+            output = self.cross_attn[i](output, src[lvl], attn_mask, pos[lvl], query_embed)
+            output = self.self_attn[i](output, query_embed)
+            output = self.ffn[i](output)
+            cls, msk, attn_mask = self._heads(output, mask_features, sizes[(i + 1) % self.num_feature_levels])
+            classes.append(cls)
+            masks.append(msk)
+        return {
+            "pred_logits": classes[-1],
+            "pred_masks": masks[-1],
+            "aux_outputs": [
+                {"pred_logits": c, "pred_masks": m} for c, m in zip(classes[:-1], masks[:-1], strict=True)
+            ],
+        }
+
+    def _heads(self, output: Tensor, mask_features: Tensor, size) -> tuple[Tensor, Tensor, Tensor]:
+        """Class logits (B, Q, K+1), mask logits (B, Q, H/4, W/4) and the next attention mask (B*nhead, Q, hw)."""
+        x = self.decoder_norm(output).transpose(0, 1)  # (B, Q, C)
+        logits = self.class_embed(x)
+        mask_embed = self.mask_embed(x)
+        masks = torch.einsum("bqc,bchw->bqhw", mask_embed, mask_features)
+        with torch.no_grad():
+            small = F.interpolate(masks.detach(), size=size, mode="bilinear", align_corners=False)
+            attn_mask = (small.sigmoid().flatten(2) < 0.5)  # True = outside the predicted mask = blocked
+            attn_mask = attn_mask.unsqueeze(1).repeat(1, self.num_heads, 1, 1).flatten(0, 1)
+        return logits, masks, attn_mask
