@@ -1,0 +1,98 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pipeline.semi.depth_view import _quantile_sorted, render_depth_view
+
+
+def _depth(B=2, H=12, W=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(B, 1, H, W, generator=g)
+
+
+def _valid(B=2, H=12, W=16):
+    valid = torch.ones(B, H, W, dtype=torch.bool)
+    valid[0, :, 11:] = False  # right padding on image 0
+    valid[1, 9:, :] = False  # bottom padding on image 1
+    return valid
+
+
+@pytest.mark.parametrize("colormap", ["gray", "jet"])
+def test_range_padding_and_determinism(colormap):
+    depth, valid = _depth(), _valid()
+    view = render_depth_view(depth, valid, colormap=colormap)
+    assert view.shape == (2, 3, 12, 16) and view.dtype == torch.float32
+    assert view.min() >= 0 and view.max() <= 1
+    assert (view.permute(1, 0, 2, 3)[:, ~valid] == 0).all()
+    assert torch.equal(view, render_depth_view(depth.clone(), valid.clone(), colormap=colormap))
+    # an image's view does not depend on its batch neighbours
+    assert torch.equal(view[1:], render_depth_view(depth[1:], valid[1:], colormap=colormap))
+
+
+@pytest.mark.parametrize("colormap", ["gray", "jet"])
+def test_invariant_to_positive_scale_and_offset_per_image(colormap):
+    depth, valid = _depth(), _valid()
+    view = render_depth_view(depth, valid, colormap=colormap)
+    scaled = depth.clone()
+    scaled[0] = depth[0] * 7.5 + 3.0
+    scaled[1] = depth[1] * 0.02 - 1.0
+    # 1e-4: float32 rounding of the shifted input itself (range 0.02 around -1), times jet's slope 4
+    torch.testing.assert_close(render_depth_view(scaled, valid, colormap=colormap), view, rtol=0, atol=1e-4)
+
+
+def test_padding_values_do_not_change_the_view():
+    depth, valid = _depth(), _valid()
+    view = render_depth_view(depth, valid)
+    noisy = depth.clone()
+    noisy[:, 0][~valid] = 50.0
+    assert torch.equal(render_depth_view(noisy, valid), view)
+
+
+def test_percentile_clip_ignores_outliers_and_full_contrast():
+    ramp = torch.linspace(0.2, 0.6, 100).reshape(1, 1, 10, 10)
+    view = render_depth_view(ramp)
+    assert view.min() == 0 and view.max() == 1  # re-normalised to full contrast
+    spiked = ramp.clone()
+    spiked[0, 0, 5, 5] = 100.0  # one wild pixel (1 %) barely moves the 98th percentile
+    out = render_depth_view(spiked)
+    keep = torch.ones(10, 10, dtype=torch.bool)
+    keep[5, 5] = False
+    assert (out[0, 0][keep] - view[0, 0][keep]).abs().max() < 0.05
+
+
+def test_gray_is_monotone_and_jet_is_the_closed_form():
+    x = torch.linspace(0, 1, 101).reshape(1, 1, 1, 101)
+    gray = render_depth_view(x, colormap="gray", low_pct=0, high_pct=100)
+    assert torch.equal(gray[0, 0], gray[0, 1]) and torch.equal(gray[0, 0], gray[0, 2])
+    torch.testing.assert_close(gray[0, 0, 0], x[0, 0, 0])  # near (1) is bright
+    jet = render_depth_view(x, colormap="jet", low_pct=0, high_pct=100)[0, :, 0]
+    torch.testing.assert_close(jet[:, 0], torch.tensor([0.0, 0.0, 0.5]))
+    torch.testing.assert_close(jet[:, 50], torch.tensor([0.5, 1.0, 0.5]))
+    torch.testing.assert_close(jet[:, 100], torch.tensor([0.5, 0.0, 0.0]))
+
+
+def test_flat_and_constant_maps():
+    flat = torch.full((1, 1, 10, 10), 0.3)
+    assert (render_depth_view(flat) == 0).all()
+    flat[0, 0, 0, :3] = 0.9  # 3 % near pixels: percentiles coincide, min/max do not
+    view = render_depth_view(flat)[0, 0]
+    assert (view[0, :3] == 1).all() and (view[1:] == 0).all()
+    empty_valid = torch.zeros(1, 10, 10, dtype=torch.bool)
+    assert (render_depth_view(flat, empty_valid) == 0).all()
+
+
+def test_quantile_matches_torch():
+    v = torch.rand(1001)
+    s = v.sort().values
+    for q in (0.0, 0.02, 0.5, 0.98, 1.0):
+        assert _quantile_sorted(s, q) == pytest.approx(torch.quantile(v, q).item(), abs=1e-7)
+
+
+def test_bad_input_is_named():
+    with pytest.raises(ValueError, match=r"\(B, 1, H, W\)"):
+        render_depth_view(torch.rand(2, 12, 16))
+    with pytest.raises(ValueError, match="valid"):
+        render_depth_view(_depth(), torch.ones(2, 12, 15, dtype=torch.bool))
+    with pytest.raises(ValueError, match="colormap"):
+        render_depth_view(_depth(), colormap="turbo")
