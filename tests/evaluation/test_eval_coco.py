@@ -397,3 +397,24 @@ def test_evaluator_gathers_results_across_processes(tmp_path):
     ref = evaluate_segm(coco, _to_results(coco, perturbed_predictions(coco, inst)))
     assert json.loads((tmp_path / "m.0").read_text()) == json.loads(json.dumps(ref))
     assert json.loads((tmp_path / "m.1").read_text()) == {}
+
+
+def test_malformed_files_are_clear_errors(tmp_path):
+    from pipeline.evaluation.coco_eval import load_coco_gt
+
+    bad = tmp_path / "bad.json"
+    bad.write_text('[{"image_id": 1,')
+    with pytest.raises(ValueError, match="bad.json: not valid JSON"):
+        load_results(bad)
+    with pytest.raises(ValueError, match="bad.json: not valid JSON"):
+        load_coco_gt(bad)
+    no_seg = tmp_path / "noseg.json"
+    no_seg.write_text(json.dumps([{"image_id": 1, "category_id": 1, "score": 0.5}]))
+    with pytest.raises(ValueError, match=r"noseg.json: result 0 lacks \['segmentation'\]"):
+        load_results(no_seg)
+    not_coco = tmp_path / "notcoco.json"
+    not_coco.write_text(json.dumps({"images": []}))
+    with pytest.raises(ValueError, match="notcoco.json: a COCO annotation file needs"):
+        load_coco_gt(not_coco)
+    with pytest.raises(FileNotFoundError, match="missing.json"):
+        load_coco_gt(tmp_path / "missing.json")

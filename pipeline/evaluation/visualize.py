@@ -1,0 +1,207 @@
+"""Pictures: predicted masks drawn over an image (`cli.py predict`), and training curves.
+
+`draw_instances` needs PIL only. `plot_curves` uses matplotlib when it is installed and
+otherwise a small PIL line chart (`pil_plot`), so a run folder always gets its curve PNG.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from pipeline.evaluation.pil_plot import Panel, _font, render_panels
+
+# Panels of the curve plot and the JSONL keys each one draws (absent keys are skipped,
+# and a panel with no key present is left out).
+CURVE_PANELS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("loss", ("loss", "loss_sup", "loss_unsup")),
+    ("validation mask AP (%)", ("val/AP", "val/AP50", "val/AP75")),
+    ("depth controller weight", ("controller/weight",)),
+)
+
+
+def instance_color(index: int) -> tuple[int, int, int]:
+    """A bright colour per instance; golden-ratio hue steps keep neighbours far apart."""
+    hue = (0.13 + index * 0.618033988749895) % 1.0
+    r, g, b = colorsys.hsv_to_rgb(hue, 0.85, 0.95)
+    return int(r * 255), int(g * 255), int(b * 255)
+
+
+def _image_array(image: Image.Image | np.ndarray | torch.Tensor) -> np.ndarray:
+    """`(H, W, 3)` uint8 from a PIL image, an `(H, W, 3)` uint8 array or a `(3, H, W)` float
+    tensor in [0, 1]."""
+    if isinstance(image, Image.Image):
+        return np.asarray(image.convert("RGB")).copy()
+    if isinstance(image, torch.Tensor):
+        t = image.detach().cpu()
+        if t.ndim != 3 or t.shape[0] != 3:
+            raise ValueError(f"an image tensor must be (3, H, W) in [0, 1], got shape {tuple(t.shape)}")
+        return (t.float().clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    arr = np.asarray(image)
+    if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:
+        raise ValueError(f"an image array must be (H, W, 3) uint8, got {arr.dtype} {arr.shape}")
+    return arr.copy()
+
+
+def _boundary(mask: np.ndarray) -> np.ndarray:
+    """Pixels of `mask` with a 4-neighbour outside it (the image border counts as outside)."""
+    p = np.pad(mask, 1)
+    inner = p[:-2, 1:-1] & p[2:, 1:-1] & p[1:-1, :-2] & p[1:-1, 2:]
+    return mask & ~inner
+
+
+def draw_instances(
+    image: Image.Image | np.ndarray | torch.Tensor,
+    prediction: Mapping[str, Any],
+    class_names: Sequence[str] | None = None,
+    *,
+    score_threshold: float = 0.5,
+    alpha: float = 0.5,
+    max_instances: int = 100,
+) -> Image.Image:
+    """The image with each instance's mask blended in its own colour, outlined, and labelled
+    "class score" at its top-left corner.
+
+    `prediction`: `masks (N, H, W)` bool at the image's size, `scores (N,)`, `labels (N,)`
+    contiguous class indices (names from `class_names`, else the index).
+    """
+    arr = _image_array(image)
+    h, w = arr.shape[:2]
+    masks = prediction["masks"]
+    masks = masks.detach().cpu().numpy() if isinstance(masks, torch.Tensor) else np.asarray(masks)
+    scores = np.asarray(
+        prediction["scores"].cpu() if isinstance(prediction["scores"], torch.Tensor) else prediction["scores"]
+    )
+    labels = np.asarray(
+        prediction["labels"].cpu() if isinstance(prediction["labels"], torch.Tensor) else prediction["labels"]
+    )
+    if masks.ndim != 3 or (masks.shape[0] and masks.shape[1:] != (h, w)):
+        raise ValueError(f"masks {tuple(masks.shape)} do not match the image size {h}x{w} (expected (N, {h}, {w}))")
+    keep = np.nonzero(scores >= score_threshold)[0]
+    keep = keep[np.argsort(-scores[keep], kind="stable")][:max_instances]
+    out = arr.astype(np.float32)
+    # Paint the best instance last so it stays on top; colours follow the score rank.
+    order = list(enumerate(keep))[::-1]
+    for rank, k in order:
+        m = masks[k].astype(bool)
+        color = np.array(instance_color(rank), dtype=np.float32)
+        out[m] = out[m] * (1 - alpha) + color * alpha
+        out[_boundary(m)] = color
+    result = Image.fromarray(out.round().clip(0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(result)
+    font = _font(max(10, min(h, w) // 30))
+    for rank, k in order:
+        ys, xs = np.nonzero(masks[k])
+        if ys.size == 0:
+            continue
+        label = int(labels[k])
+        name = class_names[label] if class_names is not None and 0 <= label < len(class_names) else str(label)
+        text = f"{name} {float(scores[k]):.2f}"
+        x, y = int(xs.min()), int(ys.min())
+        left, top, right, bottom = draw.textbbox((x, y), text, font=font)
+        # keep the label inside the picture
+        dx, dy = min(0, w - 1 - right), min(0, h - 1 - bottom)
+        box = (left + dx - 1, top + dy - 1, right + dx + 1, bottom + dy + 1)
+        draw.rectangle(box, fill=instance_color(rank))
+        draw.text((x + dx, y + dy), text, fill=(0, 0, 0), font=font)
+    return result
+
+
+def save_instances_png(
+    image: Image.Image | np.ndarray | torch.Tensor,
+    prediction: Mapping[str, Any],
+    path: str | Path,
+    class_names: Sequence[str] | None = None,
+    **kwargs: Any,
+) -> Path:
+    """`draw_instances` written to a PNG file (folders created)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    draw_instances(image, prediction, class_names, **kwargs).save(path, format="PNG")
+    return path
+
+
+def read_log(log_jsonl_path: str | Path) -> list[dict]:
+    """The records of a JSONL training log; a line that is not a JSON object is an error
+    naming the file and line. Blank lines are skipped."""
+    path = Path(log_jsonl_path)
+    records = []
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{n}: not valid JSON ({err})") from None
+            if not isinstance(rec, dict):
+                raise ValueError(f"{path}:{n}: a log line must be a JSON object, got {type(rec).__name__}")
+            records.append(rec)
+    return records
+
+
+def curve_series(records: Sequence[dict]) -> list[Panel]:
+    """Group the log's finite numeric values by `CURVE_PANELS`, against "iter"."""
+    panels = []
+    for title, keys in CURVE_PANELS:
+        panel = Panel(title)
+        for key in keys:
+            pts = [
+                (r["iter"], r[key])
+                for r in records
+                if _is_number(r.get("iter")) and _is_number(r.get(key)) and math.isfinite(r[key])
+            ]
+            if pts:
+                xs, ys = zip(*pts, strict=True)
+                panel.series[key] = (list(xs), list(ys))
+        if panel.series:
+            panels.append(panel)
+    return panels
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def plot_curves(log_jsonl_path: str | Path, out_png: str | Path) -> Path:
+    """The loss / AP / controller-weight curves of a training run, one panel each, to PNG.
+
+    Reads a JSONL log whose lines are dicts with "iter" and any of the keys in
+    `CURVE_PANELS`; lines without "iter" are skipped.
+    """
+    panels = curve_series(read_log(log_jsonl_path))
+    if not panels:
+        keys = sorted({k for _, ks in CURVE_PANELS for k in ks})
+        raise ValueError(f"{log_jsonl_path}: no line has 'iter' and a numeric value for any of {keys}")
+    try:
+        import matplotlib  # noqa: F401  (optional dependency)
+    except ImportError:
+        return render_panels(panels, out_png)
+    return _plot_matplotlib(panels, Path(out_png))
+
+
+def _plot_matplotlib(panels: list[Panel], out_png: Path) -> Path:
+    # Figure without pyplot: no global backend or figure state is touched.
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(9, 2.6 * len(panels)), dpi=100)
+    axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
+    for ax, panel in zip(axes, panels, strict=True):
+        for name, (xs, ys) in panel.series.items():
+            ax.plot(xs, ys, label=name, marker="o" if len(xs) <= 50 else None, markersize=3)
+        ax.set_title(panel.title)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper right")
+    axes[-1].set_xlabel("iter")
+    fig.tight_layout()
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, format="png")
+    return out_png

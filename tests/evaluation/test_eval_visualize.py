@@ -1,0 +1,141 @@
+"""Mask overlays and training-curve PNGs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pipeline.evaluation.pil_plot import SERIES_COLORS, Panel, nice_ticks, render_panels
+from pipeline.evaluation.visualize import curve_series, draw_instances, plot_curves, read_log, save_instances_png
+
+
+def _scene():
+    rng = np.random.default_rng(0)
+    image = rng.integers(60, 200, (90, 130, 3), dtype=np.uint8)
+    masks = np.zeros((3, 90, 130), bool)
+    masks[0, 40:80, 10:60] = True
+    masks[1, 45:85, 70:120] = True
+    masks[2, 5:20, 100:125] = True
+    pred = {
+        "masks": torch.from_numpy(masks),
+        "scores": torch.tensor([0.9, 0.8, 0.2]),
+        "labels": torch.tensor([0, 1, 1]),
+        "boxes": torch.zeros(3, 4),
+    }
+    return image, masks, pred
+
+
+def test_overlay_png_has_image_size_and_changes_masked_pixels_only(tmp_path):
+    image, masks, pred = _scene()
+    path = save_instances_png(image, pred, tmp_path / "sub" / "pred.png", ["cat", "dog"], score_threshold=0.5)
+    out = np.asarray(Image.open(path).convert("RGB"))
+    assert out.shape == image.shape
+    changed = np.any(out != image, axis=2)
+    # inside each drawn mask (below its label), every pixel is tinted
+    assert changed[60:80, 10:60].all() and changed[65:85, 70:120].all()
+    # the instance under the threshold is not drawn, and the background is untouched
+    assert not changed[5:20, 100:125].any()
+    background = ~masks.any(0)
+    background[:60] = False  # the labels, written at the masks' top-left corners, may overhang them
+    assert background.sum() > 500
+    assert not changed[background].any()
+    # different instances get different colours
+    assert not np.array_equal(out[70, 30], out[75, 100])
+
+
+def test_overlay_accepts_a_float_tensor_and_pil_image_and_checks_size():
+    image, _, pred = _scene()
+    from_tensor = draw_instances(torch.from_numpy(image).permute(2, 0, 1).float() / 255, pred)
+    from_pil = draw_instances(Image.fromarray(image), pred)
+    assert np.array_equal(np.asarray(from_tensor), np.asarray(from_pil))
+    with pytest.raises(ValueError, match="do not match the image size"):
+        draw_instances(image[:50], pred)
+
+
+def test_overlay_without_instances_returns_the_image():
+    image, _, pred = _scene()
+    empty = {"masks": torch.zeros(0, 90, 130, dtype=torch.bool), "scores": torch.zeros(0), "labels": torch.zeros(0)}
+    assert np.array_equal(np.asarray(draw_instances(image, empty)), image)
+    assert np.array_equal(np.asarray(draw_instances(image, pred, score_threshold=0.95)), image)
+
+
+def _write_log(path, n=60):
+    with open(path, "w") as f:
+        f.write(json.dumps({"config": {"lr": 1e-4}}) + "\n")  # a header line without "iter"
+        for i in range(0, n * 10, 10):
+            rec = {"iter": i, "loss": 3.0 / (1 + i / 100), "loss_sup": 2.0 / (1 + i / 100), "lr": 1e-4}
+            if i >= 300:
+                rec["loss_unsup"] = 0.8
+                rec["controller/weight"] = 0.5 + i / 2000
+            if i % 100 == 0:
+                rec["val/AP"] = i / 20
+            f.write(json.dumps(rec) + "\n")
+        f.write("\n")
+        f.write(json.dumps({"iter": n * 10, "loss": float("nan")}) + "\n")  # a diverged step is skipped
+
+
+def test_curve_series_groups_keys_into_panels(tmp_path):
+    log = tmp_path / "log.jsonl"
+    _write_log(log)
+    panels = curve_series(read_log(log))
+    assert [p.title for p in panels] == ["loss", "validation mask AP (%)", "depth controller weight"]
+    assert list(panels[0].series) == ["loss", "loss_sup", "loss_unsup"]
+    xs, ys = panels[0].series["loss"]
+    assert len(xs) == 60 and xs[0] == 0 and ys[0] == 3.0
+    assert panels[1].series["val/AP"][0] == [0, 100, 200, 300, 400, 500]
+    assert panels[2].series["controller/weight"][0][0] == 300
+
+
+def test_plot_curves_writes_one_panel_per_series_group(tmp_path):
+    log = tmp_path / "log.jsonl"
+    _write_log(log)
+    out = plot_curves(log, tmp_path / "curves.png")
+    img = np.asarray(Image.open(out).convert("RGB"))
+    n_panels = 3
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:  # the PIL chart: fixed size, each panel drawn in its own band
+        assert img.shape[:2] == (260 * n_panels, 900)
+        blue = np.all(img == SERIES_COLORS[0], axis=2)
+        for k in range(n_panels):
+            assert blue[260 * k : 260 * (k + 1)].sum() > 50, f"panel {k} has no first series"
+        orange = np.all(img == SERIES_COLORS[1], axis=2)
+        assert orange[:260].sum() > 50 and orange[260:].sum() < 5  # loss_sup only in the loss panel
+    assert img.shape[0] > img.shape[1] * 0.5  # stacked panels, taller than a single chart
+
+
+def test_plot_curves_without_controller_has_two_panels_and_errors_are_clear(tmp_path):
+    log = tmp_path / "log.jsonl"
+    log.write_text("\n".join(json.dumps({"iter": i, "loss": 1.0 / (i + 1), "val/AP": 2.0 * i}) for i in range(5)))
+    assert len(curve_series(read_log(log))) == 2
+    assert plot_curves(log, tmp_path / "c.png").is_file()
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"iter": 0, "loss": 1}\n{"iter": 1, "loss": \n')
+    with pytest.raises(ValueError, match=r"bad.jsonl:2"):
+        plot_curves(bad, tmp_path / "x.png")
+    nothing = tmp_path / "nothing.jsonl"
+    nothing.write_text('{"iter": 0, "lr": 1}\n')
+    with pytest.raises(ValueError, match="no line has 'iter'"):
+        plot_curves(nothing, tmp_path / "y.png")
+
+
+def test_pil_chart_single_point_and_constant_series(tmp_path):
+    out = render_panels([Panel("x", {"a": ([5], [2.0]), "b": ([5], [2.0])})], tmp_path / "one.png", width=300)
+    img = np.asarray(Image.open(out).convert("RGB"))
+    assert img.shape == (260, 300, 3)
+    assert np.all(img == SERIES_COLORS[1], axis=2).sum() > 10  # the marker of the last series shows
+
+
+@pytest.mark.parametrize(("lo", "hi"), [(0.0, 1.0), (-3.2, 17.9), (0.00013, 0.00091), (990.0, 1010.0)])
+def test_nice_ticks_cover_the_range_with_round_steps(lo, hi):
+    ticks = nice_ticks(lo, hi)
+    assert 3 <= len(ticks) <= 11
+    assert ticks[0] >= lo - 1e-12 and ticks[-1] <= hi + 1e-12
+    steps = np.diff(ticks)
+    assert np.allclose(steps, steps[0])
+    mantissa = steps[0] / 10 ** np.floor(np.log10(steps[0]))
+    assert any(np.isclose(mantissa, m) for m in (1, 2, 2.5, 5))
