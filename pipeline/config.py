@@ -102,6 +102,13 @@ class ControllerConfig:
     max_weight: float = 1.0
     momentum: float = 0.99  # running statistics
     schedule_iters: int = 1000  # scheduled variant: cosine ramp length
+    final_weight: float = 0.2  # scheduled variant: the weight at and after schedule_iters
+    # adaptive: w = min + (max - min) * sigmoid(logit(u0) - agreement_gain * (agreement - agreement_ref)
+    #                                           + loss_gain * log(loss_rgb / loss_depth)), see depth_controller.py
+    agreement_gain: float = 4.0  # > 0: w falls (hands over to RGB) as the two pseudo-label sets agree
+    agreement_ref: float = 0.5  # agreement at which the agreement term is neutral
+    loss_gain: float = 1.0  # > 0: the set the student fits worse gets less weight; 0 = off
+    agreement_iou: float = 0.5  # mask IoU above which an RGB and a depth pseudo-label match
 
 
 @dataclass

@@ -1,0 +1,69 @@
+"""Agreement between two pseudo-label sets of the same images (RGB view vs. depth view).
+
+One of the Depth Controller's measured inputs (see `depth_controller.py`). Per image, masks of the
+two sets are matched one-to-one (Hungarian assignment) among pairs with mask IoU > `iou_threshold`
+and, with `class_aware`, the same label; the assignment maximises the number of matches first
+and their summed IoU second. Over the batch (micro-average):
+
+    agreement = 2 * matches / (n_rgb + n_depth)        (the F-measure of the matching)
+
+1 when both teachers find the same instances, 0 when they share none (or one set is empty while
+the other is not). When both sets are empty on every image there is nothing to compare and the
+result is None, which the controller treats as "no measurement this step" (not as 0 or 1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Optional
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+from torch import Tensor
+
+from pipeline.semi.pseudo_labels import mask_iou
+
+
+def count_matches(
+    a: dict[str, Tensor], b: dict[str, Tensor], *, iou_threshold: float = 0.5, class_aware: bool = True
+) -> int:
+    """Size of the largest one-to-one matching of `a`'s and `b`'s masks (IoU > threshold, same class)."""
+    na, nb = len(a["labels"]), len(b["labels"])
+    if na == 0 or nb == 0:
+        return 0
+    iou = mask_iou(a["masks"].to(torch.bool), b["masks"].to(torch.bool))
+    ok = iou > iou_threshold
+    if class_aware:
+        ok &= a["labels"][:, None] == b["labels"][None, :].to(a["labels"].device)
+    ok_np = ok.cpu().numpy()
+    if not ok_np.any():
+        return 0
+    # a weight of (big + IoU) per admissible pair: any matching with more pairs outweighs one
+    # with fewer, whatever their IoUs (big > the largest possible number of pairs)
+    big = min(na, nb) + 1.0
+    gain = np.where(ok_np, big + iou.cpu().numpy(), 0.0)
+    rows, cols = linear_sum_assignment(gain, maximize=True)
+    return int(ok_np[rows, cols].sum())
+
+
+def pseudo_label_agreement(
+    rgb_sets: Sequence[dict[str, Tensor]],
+    depth_sets: Sequence[dict[str, Tensor]],
+    *,
+    iou_threshold: float = 0.5,
+    class_aware: bool = True,
+) -> Optional[float]:
+    """F-measure of the matching between RGB and depth pseudo-label sets over a batch, or None if all empty.
+
+    Args:
+        rgb_sets, depth_sets: per-image dicts with `labels` (N,) and `masks` (N, H, W) bool, same images
+            in the same order (the output of `make_pseudo_labels` on the two views).
+    """
+    if len(rgb_sets) != len(depth_sets):
+        raise ValueError(f"agreement needs one depth set per RGB set, got {len(rgb_sets)} and {len(depth_sets)}")
+    matches = total = 0
+    for r, d in zip(rgb_sets, depth_sets, strict=True):
+        total += len(r["labels"]) + len(d["labels"])
+        matches += count_matches(r, d, iou_threshold=iou_threshold, class_aware=class_aware)
+    return None if total == 0 else 2.0 * matches / total
