@@ -1,0 +1,196 @@
+"""Depth sources as the precompute job drives them: load in workers, compute in batches, return maps.
+
+`make_runner(source, ...)` wraps a network `DepthEstimator` (images decoded in workers; resize,
+normalisation and inference batched on the device, autocast and channels-last on CUDA) or the
+`files` source (maps read in workers). `runner.run(inputs, frames)` returns, per image, the maps
+to store at their final resolution: {"depth": (1, h/ds, w/ds) normalised, level: (C, h/s, w/s)}
+as float32 CPU tensors, plus `runner.calls` counting images that went through the source.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from depth_cache.entry import normalise_depth, pool_to_stride
+from depth_cache.estimators.base import DepthEstimator
+from depth_cache.estimators.files import FilesDepth
+from depth_cache.images import ImageRecord, decode_image, image_size
+
+Maps = dict[str, torch.Tensor]
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
+    """auto = bf16 on CUDA, fp32 elsewhere (CPU autocast is slower than fp32 for these models)."""
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def run_network(estimator: DepthEstimator, x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, Maps]:
+    """x (B, 3, H, W) normalised on the estimator's device -> (depth (B, H, W), {level: (B, C, h, w)}) float32."""
+    cuda = x.device.type == "cuda"
+    if cuda:
+        x = x.contiguous(memory_format=torch.channels_last)
+    amp = torch.autocast(x.device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
+    with torch.inference_mode(), amp:
+        out = estimator(x)
+    return out.depth.float(), {k: v.float() for k, v in out.features.items()}
+
+
+def prepare_images(images: torch.Tensor, frame: tuple[int, int], estimator: DepthEstimator) -> torch.Tensor:
+    """(B, 3, H, W) uint8 or [0, 1] float -> (B, 3, *frame) normalised network input (bicubic on floats,
+    as the official preprocessing; see estimators/preprocess.py)."""
+    x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+    if tuple(x.shape[-2:]) != tuple(frame):
+        x = F.interpolate(x, size=tuple(frame), mode="bicubic", align_corners=False, antialias=False)
+    pre = estimator.preprocess
+    mean = torch.tensor(pre.mean, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(pre.std, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+class ImageLoader:
+    """Worker-side loading for networks: the decoded image, checked against the JSON's size."""
+
+    def __call__(self, record: ImageRecord) -> torch.Tensor:
+        img = decode_image(record.path)
+        if record.size is not None and tuple(img.shape[-2:]) != tuple(record.size):
+            raise ValueError(f"{record.path}: image is {tuple(img.shape[-2:])}, the JSON says {record.size}")
+        return img
+
+
+class NetworkRunner:
+    """A network estimator in the precompute job."""
+
+    def __init__(self, estimator: DepthEstimator, depth_stride: int, device: str = "auto", precision: str = "auto",
+                 batch_size: int = 8):  # fmt: skip
+        self.device = resolve_device(device)
+        self.dtype = resolve_precision(precision, self.device)
+        self.estimator = estimator.to(self.device).eval()
+        self.depth_stride, self.batch_size = depth_stride, batch_size
+        self.levels = [fi.name for fi in estimator.feature_info]
+        self.multiple_of = estimator.preprocess.multiple_of
+        self.short_side = estimator.preprocess.input_size
+        self.calls = 0
+
+    def describe(self) -> dict[str, Any]:
+        pre = self.estimator.preprocess
+        return {"name": self.estimator.name, "device": str(self.device), "precision": str(self.dtype),
+                "input_size": pre.input_size, "multiple_of": pre.multiple_of, "mean": list(pre.mean),
+                "std": list(pre.std), "resize": "bicubic on float, align_corners=False"}  # fmt: skip
+
+    def natural_frame(self, size: tuple[int, int]) -> tuple[int, int]:
+        from depth_cache.estimators.preprocess import target_size
+
+        return target_size(size[0], size[1], self.short_side, self.multiple_of)
+
+    def loader(self) -> ImageLoader:
+        return ImageLoader()
+
+    def input_size(self, item: torch.Tensor) -> tuple[int, int]:
+        return tuple(item.shape[-2:])
+
+    def run(self, inputs: list[torch.Tensor], frames: list[tuple[int, int]]) -> list[Maps]:
+        out: list[Maps | None] = [None] * len(inputs)
+        groups: dict[tuple[int, int], list[int]] = defaultdict(list)
+        for i, f in enumerate(frames):  # one forward per frame size: batches need one shape
+            groups[tuple(f)].append(i)
+        for frame, idx in groups.items():
+            for start in range(0, len(idx), self.batch_size):
+                part = idx[start : start + self.batch_size]
+                x = torch.cat([prepare_images(inputs[i][None].to(self.device), frame, self.estimator) for i in part])
+                depth, feats = run_network(self.estimator, x, self.dtype)
+                self.calls += len(part)
+                depth = pool_to_stride(normalise_depth(depth), self.depth_stride)
+                for j, i in enumerate(part):
+                    maps = {"depth": depth[j : j + 1].cpu()}
+                    maps.update({k: v[j].cpu() for k, v in feats.items()})
+                    out[i] = maps
+        return out  # type: ignore[return-value]
+
+    def probe(self, frame: tuple[int, int]) -> dict[str, tuple[int, int, int]]:
+        """(C, h, w) of every stored map for a `frame` input (sizes the canvas arrays)."""
+        x = torch.zeros(1, 3, *frame, device=self.device)
+        depth, feats = run_network(self.estimator, x, self.dtype)
+        shapes = {"depth": (1, *pool_to_stride(depth, self.depth_stride).shape[-2:])}
+        shapes.update({k: tuple(v.shape[1:]) for k, v in feats.items()})
+        return shapes
+
+
+class DepthFileLoader:
+    """Worker-side loading for `files`: the raw map at the image's size."""
+
+    def __init__(self, source: FilesDepth):
+        self.source = source
+
+    def __call__(self, record: ImageRecord) -> torch.Tensor:
+        size = record.size
+        if size is None and record.path:
+            try:
+                size = image_size(record.path)
+            except OSError:
+                size = None  # no readable image: the map's own size is the image size
+        return self.source.load(record.stem, size)
+
+
+class FilesRunner:
+    """The `files` source in the precompute job: no network; maps larger than the canvas are shrunk."""
+
+    def __init__(self, source: FilesDepth, depth_stride: int, short_side: int):
+        self.source, self.depth_stride, self.short_side = source, depth_stride, short_side
+        self.levels = [fi.name for fi in source.feature_info]
+        self.multiple_of = 1
+        self.calls = 0
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": "files", "depth_dir": str(self.source.depth_dir), "depth_kind": self.source.kind,
+                "resize": "none; maps larger than the canvas: area"}  # fmt: skip
+
+    def natural_frame(self, size: tuple[int, int]) -> tuple[int, int]:
+        return tuple(size)
+
+    def loader(self) -> DepthFileLoader:
+        return DepthFileLoader(self.source)
+
+    def input_size(self, item: torch.Tensor) -> tuple[int, int]:
+        return tuple(item.shape[-2:])
+
+    def run(self, inputs: list[torch.Tensor], frames: list[tuple[int, int]]) -> list[Maps]:
+        out = []
+        for raw, frame in zip(inputs, frames, strict=True):
+            inv = self.source.inverse_depth(raw.float())
+            if tuple(inv.shape) != tuple(frame):
+                inv = F.interpolate(inv[None, None], size=tuple(frame), mode="area")[0, 0]
+            res = self.source.from_inverse(inv)
+            self.calls += 1
+            maps = {"depth": pool_to_stride(res.depth, self.depth_stride)}
+            maps.update({k: v[0] for k, v in res.features.items()})
+            out.append(maps)
+        return out
+
+    def probe(self, frame: tuple[int, int]) -> dict[str, tuple[int, int, int]]:
+        zeros = torch.zeros(frame)
+        shapes = {"depth": (1, *pool_to_stride(zeros, self.depth_stride).shape)}
+        shapes.update({fi.name: (1, *pool_to_stride(zeros, fi.stride).shape) for fi in self.source.feature_info})
+        return shapes
+
+
+def make_runner(source, depth_stride: int, short_side: int, device: str = "auto", precision: str = "auto",
+                batch_size: int = 8):  # fmt: skip
+    """The precompute adapter of a built source (`estimators.build_source`)."""
+    if isinstance(source, FilesDepth):
+        return FilesRunner(source, depth_stride, short_side)
+    if isinstance(source, DepthEstimator):
+        return NetworkRunner(source, depth_stride, device=device, precision=precision, batch_size=batch_size)
+    raise TypeError(f"not a depth source: {type(source).__name__}")
