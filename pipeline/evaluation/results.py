@@ -59,13 +59,19 @@ def _numpy(x: Any) -> np.ndarray:
 
 def encode_masks(masks: Any) -> list[dict]:
     """RLE-encode binary masks `(N, H, W)` in one pycocotools call; counts are JSON-safe `str`."""
-    m = _numpy(masks)
-    if m.ndim != 3:
-        raise ValueError(f"masks must be (N, H, W), got shape {tuple(m.shape)}")
-    if m.shape[0] == 0:
+    if masks.ndim != 3:
+        raise ValueError(f"masks must be (N, H, W), got shape {tuple(masks.shape)}")
+    if masks.shape[0] == 0:
         return []
-    # pycocotools reads (H, W, N) column-major uint8; one transposed copy serves all N masks.
-    rles = mask_util.encode(np.asfortranarray(m.transpose(1, 2, 0).astype(np.uint8, copy=False)))
+    # pycocotools reads (H, W, N) column-major uint8, i.e. each mask stored column by column:
+    # that is the C-ordered (N, W, H) array seen transposed. Transposing each mask (on its
+    # accelerator, for a GPU tensor) is faster than numpy's strided copy to Fortran order
+    # (and numpy transposes uint8 faster than torch does on the CPU).
+    if isinstance(masks, torch.Tensor) and masks.device.type != "cpu":
+        cols = masks.detach().transpose(1, 2).to(torch.uint8).contiguous().cpu().numpy()
+    else:
+        cols = np.ascontiguousarray(_numpy(masks).transpose(0, 2, 1), dtype=np.uint8)
+    rles = mask_util.encode(cols.transpose(2, 1, 0))
     for rle in rles:
         rle["counts"] = rle["counts"].decode("ascii")
     return rles
@@ -116,9 +122,12 @@ def prediction_to_results(
         keep = keep[:max_detections]
     if keep.size == 0:
         return []
-    keep_t = torch.from_numpy(keep) if isinstance(masks, torch.Tensor) else keep
-    # Select before moving to the CPU: the masks may be large and on the GPU.
-    rles = encode_masks(masks[keep_t])
+    # Encode in the original order (no copy when every instance is kept), then rank by score.
+    chosen = np.sort(keep)
+    if chosen.size < n:
+        masks = masks[torch.from_numpy(chosen).to(masks.device) if isinstance(masks, torch.Tensor) else chosen]
+    encoded = encode_masks(masks)
+    rles = [encoded[i] for i in np.searchsorted(chosen, keep)]
     if prediction.get("boxes") is not None:
         xyxy = _numpy(prediction["boxes"]).astype(np.float64)[keep]
         xywh = np.concatenate([xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]], axis=1)

@@ -195,6 +195,7 @@ def test_rle_round_trip_and_json_safe(tmp_path):
     masks[2] = False
     masks[3] = True
     rles = encode_masks(torch.from_numpy(masks))
+    assert encode_masks(masks) == rles  # numpy input, same strings
     assert all(isinstance(r["counts"], str) for r in rles)
     assert np.array_equal(decode_masks(rles), masks)
     # the per-mask encoding of pycocotools gives the same strings
@@ -228,6 +229,13 @@ def test_prediction_to_results_fields_threshold_and_topk():
     ys, xs = np.nonzero(m)
     assert (x0, y0, x0 + w, y0 + h) == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
     json.dumps(res)  # JSON-safe
+    # every kept instance carries its own mask, whatever the reordering by score
+    res = prediction_to_results(img_id, pred, contiguous_category_ids(coco), score_threshold=0.3)
+    kept = [k for k in range(n) if float(pred["scores"][k]) >= 0.3][::-1]
+    assert len(res) == len(kept)
+    for r, k in zip(res, kept, strict=True):
+        assert np.array_equal(decode_masks([r["segmentation"]])[0], inst[img_id][k][0])
+        assert r["category_id"] == [1, 5, 9][inst[img_id][k][1]]
 
 
 def test_prediction_to_results_rejects_bad_labels_and_ids():
