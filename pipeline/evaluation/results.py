@@ -59,6 +59,8 @@ def _numpy(x: Any) -> np.ndarray:
 
 def encode_masks(masks: Any) -> list[dict]:
     """RLE-encode binary masks `(N, H, W)` in one pycocotools call; counts are JSON-safe `str`."""
+    if not isinstance(masks, torch.Tensor):
+        masks = np.asarray(masks)
     if masks.ndim != 3:
         raise ValueError(f"masks must be (N, H, W), got shape {tuple(masks.shape)}")
     if masks.shape[0] == 0:
@@ -106,6 +108,8 @@ def prediction_to_results(
     scores = _numpy(prediction["scores"]).astype(np.float64).reshape(-1)
     labels = _numpy(prediction["labels"]).astype(np.int64).reshape(-1)
     masks = prediction["masks"]
+    if not isinstance(masks, torch.Tensor):
+        masks = np.asarray(masks)
     n = scores.shape[0]
     if labels.shape[0] != n or masks.shape[0] != n:
         raise ValueError(
