@@ -89,9 +89,11 @@ def ema_update(teacher: nn.Module, student: nn.Module, decay: float, buffers: Bu
             averaged.append((t, s))
         else:
             t.copy_(s)
-    for t, s in averaged:
-        # same formula as the docstring, term by term, so tests can check it exactly
-        t.mul_(decay).add_(s, alpha=1.0 - decay)
+    if averaged:
+        ts, ss = [t for t, _ in averaged], [s for _, s in averaged]
+        # the docstring's formula term by term (tests check it exactly); foreach: a few kernels, not 2 per tensor
+        torch._foreach_mul_(ts, decay)
+        torch._foreach_add_(ts, ss, alpha=1.0 - decay)
 
 
 @torch.no_grad()

@@ -24,6 +24,7 @@ by decreasing score:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Optional
@@ -60,6 +61,8 @@ def make_pseudo_labels(
         )
     if logits.shape[-1] < 2:
         raise ValueError(f"pred_logits needs at least one class plus no-object, got {logits.shape[-1]} logits")
+    if not 0.0 < mask_threshold < 1.0:
+        raise ValueError(f"mask_threshold must be in (0, 1), got {mask_threshold}")
     H, W = int(image_size[0]), int(image_size[1])
     if valid is not None and tuple(valid.shape) != (logits.shape[0], H, W):
         raise ValueError(f"valid must be (B, H, W) = {(logits.shape[0], H, W)}, got {tuple(valid.shape)}")
@@ -93,15 +96,16 @@ def _binary_masks(mask_logits: Tensor, size: tuple[int, int], threshold: float) 
     if mask_logits.shape[0] == 0:
         return torch.zeros((0, *size), dtype=torch.bool, device=mask_logits.device)
     up = F.interpolate(mask_logits.detach().float()[None], size=size, mode="bilinear", align_corners=False)[0]
-    return up.sigmoid() > threshold
+    # sigmoid(x) > t  <=>  x > logit(t): skips a sigmoid over (N, H, W)
+    return up > math.log(threshold / (1.0 - threshold))
 
 
 def _dedup(masks: Tensor, iou_threshold: float) -> Tensor:
     """Indices of masks kept by greedy mask-IoU suppression; `masks` (N, H, W) sorted by score."""
-    iou = mask_iou(masks, masks).cpu()
+    iou = mask_iou(masks, masks).cpu().tolist()
     kept: list[int] = []
     for i in range(masks.shape[0]):
-        if all(iou[i, j] <= iou_threshold for j in kept):
+        if all(iou[i][j] <= iou_threshold for j in kept):
             kept.append(i)
     return torch.tensor(kept, dtype=torch.long, device=masks.device)
 

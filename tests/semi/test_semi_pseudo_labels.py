@@ -146,6 +146,8 @@ def test_bad_shapes_are_named():
         make_pseudo_labels(out, (H, W), torch.ones(1, H, W + 1, dtype=torch.bool))
     with pytest.raises(ValueError, match="pred_masks"):
         make_pseudo_labels({"pred_logits": out["pred_logits"], "pred_masks": out["pred_masks"][0]}, (H, W))
+    with pytest.raises(ValueError, match="mask_threshold"):
+        make_pseudo_labels(out, (H, W), mask_threshold=1.0)
 
 
 def test_labeler_from_config():
