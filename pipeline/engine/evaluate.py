@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from torch.utils.data import DataLoader
@@ -23,7 +22,7 @@ def evaluate_checkpoint(cfg: Config, checkpoint: str | Path, out_dir: str | Path
     from pipeline.data.collate import collate
     from pipeline.data.dataset import build_val_dataset
     from pipeline.evaluation import Evaluator
-    from pipeline.evaluation.coco_eval import format_table, save_metrics
+    from pipeline.evaluation import format_table, save_metrics, save_results
     from pipeline.model.build import build_model
 
     device = pick_device(cfg.train.device)
@@ -40,14 +39,14 @@ def evaluate_checkpoint(cfg: Config, checkpoint: str | Path, out_dir: str | Path
     loader = DataLoader(val_ds, batch_size=cfg.eval.batch_size, shuffle=False,
                         num_workers=cfg.data.num_workers, collate_fn=collate)
     preds = predict_loader(model, loader, device, provider, cfg.eval.max_detections, bool(provider.channels))
-    evaluator = Evaluator(val_ds.coco)
+    evaluator = Evaluator(val_ds.coco, max_detections=cfg.eval.max_detections)
     for image_id, pred in preds:
         evaluator.process([image_id], [pred])
     metrics = evaluator.evaluate()
     out = Path(out_dir) if out_dir else Path(checkpoint).parent / f"eval_{Path(checkpoint).stem}"
     out.mkdir(parents=True, exist_ok=True)
     save_metrics(metrics, out / "metrics.json")
-    (out / "results.json").write_text(json.dumps(evaluator.results()))
+    save_results(evaluator.results, out / "results.json")
     print(format_table(metrics))
     print(f"wrote {out / 'metrics.json'} and {out / 'results.json'}")
     return metrics

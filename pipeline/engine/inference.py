@@ -6,7 +6,6 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from pipeline.engine.distributed import all_gather_objects
 
 
 @torch.no_grad()
@@ -31,12 +30,11 @@ def predict_loader(model: nn.Module, loader, device: torch.device, provider, max
 
 def evaluate_model(model: nn.Module, loader, coco_gt, device: torch.device, provider, max_det: int,
                    use_depth: bool, show_progress: bool = True) -> dict:
-    """COCO segm metrics over the whole val set (predictions gathered from every process)."""
+    """COCO segm metrics over the whole val set (the Evaluator gathers every process's results;
+    ranks other than 0 get {})."""
     from pipeline.evaluation import Evaluator
 
-    local = predict_loader(model, loader, device, provider, max_det, use_depth, show_progress)
-    evaluator = Evaluator(coco_gt)
-    for part in all_gather_objects(local):
-        for image_id, pred in part:  # type: ignore[union-attr]
-            evaluator.process([image_id], [pred])
+    evaluator = Evaluator(coco_gt, max_detections=max_det)
+    for image_id, pred in predict_loader(model, loader, device, provider, max_det, use_depth, show_progress):
+        evaluator.process([image_id], [pred])
     return evaluator.evaluate()
