@@ -21,8 +21,7 @@ def evaluate_checkpoint(cfg: Config, checkpoint: str | Path, out_dir: str | Path
     """
     from pipeline.data.collate import collate
     from pipeline.data.dataset import build_val_dataset
-    from pipeline.evaluation import Evaluator
-    from pipeline.evaluation import format_table, save_metrics, save_results
+    from pipeline.evaluation import Evaluator, format_table, save_metrics, save_results
     from pipeline.model.build import build_model
 
     device = pick_device(cfg.train.device)

@@ -7,7 +7,6 @@ from torch import nn
 from tqdm import tqdm
 
 
-
 @torch.no_grad()
 def predict_loader(model: nn.Module, loader, device: torch.device, provider, max_det: int,
                    use_depth: bool, show_progress: bool = True) -> list[tuple[str, dict]]:
