@@ -124,3 +124,14 @@ def test_weights_sha256_streams_the_whole_file(tmp_path):
     data = bytes(range(256)) * 1000 + b"tail"
     path.write_bytes(data)
     assert weights_sha256(path, chunk_bytes=1000) == hashlib.sha256(data).hexdigest()
+
+
+def test_swiglu_ffn_of_vitg_computes_silu_gate_times_value():
+    from depth_cache.estimators.dinov2 import SwiGLUFFN
+
+    ffn = SwiGLUFFN(in_features=24, hidden_features=96)  # DINOv2 width: int(96 * 2/3) rounded up to 8 = 64
+    assert ffn.w12.weight.shape == (128, 24) and ffn.w3.weight.shape == (24, 64)
+    x = torch.randn(2, 5, 24)
+    a, b = (x @ ffn.w12.weight.T + ffn.w12.bias).split(64, dim=-1)
+    expected = (a * torch.sigmoid(a) * b) @ ffn.w3.weight.T + ffn.w3.bias
+    torch.testing.assert_close(ffn(x), expected)
