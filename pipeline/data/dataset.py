@@ -1,0 +1,180 @@
+"""Datasets of stage two: images (+ instances) + the cached depth and features of the same image id.
+
+The datasets read the depth cache through a reader (any object with `.get(image_id: str) ->
+entry` having `.depth (1, h, w)`, `.features {name: (C, h, w)}`, `.orig_size (H, W)`, and
+`.missing(ids) -> list[str]`, e.g. `depth_cache.reader.CacheReader`) and never build a depth
+estimator. Without a reader (`online` or `none` depth mode) samples carry depth None and no
+features; the engine fills them in the `online` mode.
+
+Everything that can be checked is checked at construction: annotations and image files
+(`coco.load_coco`), and that the cache covers every image (an error listing the missing ids,
+or, with `skip_missing_cache`, a warning saying how many images were dropped).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from pipeline.config import Config
+from pipeline.data.coco import MAX_LISTED, CocoData, DataError, instance_masks, load_coco, load_image_list
+from pipeline.data.sample import Sample, new_sample
+from pipeline.data.transforms import build_test_transforms, build_train_transforms
+
+
+def read_image(path: Path, expected_size: Optional[tuple[int, int]] = None) -> torch.Tensor:
+    """(3, H, W) float32 in [0, 1]; a corrupt/unreadable file or a size unlike its record raises naming the file."""
+    try:
+        with Image.open(path) as im:
+            rgb = np.asarray(im.convert("RGB"))
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise DataError(f"{path}: unreadable image ({err})") from err
+    if expected_size is not None and rgb.shape[:2] != tuple(expected_size):
+        raise DataError(f"{path}: image is {rgb.shape[0]}x{rgb.shape[1]} but its record says "
+                        f"{expected_size[0]}x{expected_size[1]}")  # fmt: skip
+    return torch.from_numpy(rgb.copy()).permute(2, 0, 1).float().div_(255)
+
+
+class _CachedImages(Dataset):
+    """Image records + an optional cache reader; shared by the labelled and unlabelled datasets."""
+
+    def __init__(self, image_dir: Path, images: list[dict], source: Path, transforms: Optional[Callable],
+                 reader: Any, skip_missing_cache: bool, feature_levels: Optional[Sequence[str]]):  # fmt: skip
+        self.image_dir, self.source, self.transforms = Path(image_dir), Path(source), transforms
+        self.reader = reader
+        self.feature_levels = None if feature_levels is None else list(feature_levels)
+        self.images = self._covered(images, skip_missing_cache) if reader is not None else images
+
+    def _covered(self, images: list[dict], skip: bool) -> list[dict]:
+        missing = set(self.reader.missing([str(r["id"]) for r in images]))
+        if not missing:
+            return images
+        listed = sorted(missing)
+        shown = ", ".join(listed[:MAX_LISTED]) + (", ..." if len(listed) > MAX_LISTED else "")
+        if not skip:
+            raise DataError(
+                f"{self.source}: {len(missing)} of {len(images)} images have no depth cache entry "
+                f"(ids {shown}); run precompute-depth on them, or set data.skip_missing_cache=true to skip them"
+            )
+        kept = [r for r in images if str(r["id"]) not in missing]
+        warnings.warn(f"{self.source}: skipping {len(missing)} of {len(images)} images without a depth cache entry "
+                      f"(ids {shown})", stacklevel=3)  # fmt: skip
+        if not kept:
+            raise DataError(f"{self.source}: no image has a depth cache entry")
+        return kept
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def _depth(self, rec: dict) -> tuple[Optional[torch.Tensor], dict[str, torch.Tensor]]:
+        if self.reader is None:
+            return None, {}
+        entry = self.reader.get(str(rec["id"]))
+        size = (rec["height"], rec["width"])
+        if tuple(entry.orig_size) != size:
+            raise DataError(f"depth cache entry of image id {rec['id']} ({rec['file_name']}) is for a "
+                            f"{tuple(entry.orig_size)} image, but the image is {size}: a stale cache?")  # fmt: skip
+        features = dict(entry.features)
+        if self.feature_levels is not None:
+            absent = [k for k in self.feature_levels if k not in features]
+            if absent:
+                raise DataError(f"depth cache entry of image id {rec['id']} lacks feature level(s) {absent} "
+                                f"(it has {sorted(features)})")  # fmt: skip
+            features = {k: features[k] for k in self.feature_levels}
+        return entry.depth, features
+
+    def _sample(self, rec: dict, masks=None, labels=None) -> Sample:
+        image = read_image(self.image_dir / rec["file_name"], (rec["height"], rec["width"]))
+        depth, features = self._depth(rec)
+        sample = new_sample(image, masks, labels, depth=depth, features=features, image_id=str(rec["id"]))
+        return self.transforms(sample) if self.transforms is not None else sample
+
+
+class InstanceDataset(_CachedImages):
+    """Labelled images: `ds[i] -> Sample` with masks (N, H, W) and contiguous labels (crowd excluded)."""
+
+    def __init__(self, image_dir: Path, ann_file: Path, transforms: Optional[Callable] = None, reader: Any = None,
+                 skip_missing_cache: bool = False, feature_levels: Optional[Sequence[str]] = None):  # fmt: skip
+        self.data: CocoData = load_coco(Path(ann_file), Path(image_dir))
+        super().__init__(image_dir, self.data.images, ann_file, transforms, reader, skip_missing_cache, feature_levels)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.data.categories)
+
+    @cached_property
+    def coco(self):
+        """The annotations as a pycocotools `COCO` (ground truth for `COCOeval`)."""
+        import contextlib
+        import io
+
+        from pycocotools.coco import COCO
+
+        gt = COCO()
+        gt.dataset = self.data.raw
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
+            gt.createIndex()
+        return gt
+
+    def __getitem__(self, index: int) -> Sample:
+        rec = self.images[index]
+        masks, labels = instance_masks(self.data, rec)
+        return self._sample(rec, torch.from_numpy(masks), torch.from_numpy(labels))
+
+
+class UnlabeledDataset(_CachedImages):
+    """Unlabelled images from a `make-splits` image list: `ds[i] -> Sample` with no instances."""
+
+    def __init__(self, image_dir: Path, list_file: Path, transforms: Optional[Callable] = None, reader: Any = None,
+                 skip_missing_cache: bool = False, feature_levels: Optional[Sequence[str]] = None):  # fmt: skip
+        images = load_image_list(Path(list_file), Path(image_dir))
+        super().__init__(image_dir, images, list_file, transforms, reader, skip_missing_cache, feature_levels)
+
+    def __getitem__(self, index: int) -> Sample:
+        return self._sample(self.images[index])
+
+
+def feature_levels(cfg: Config) -> Optional[list[str]]:
+    """The cached levels Depth Fusion reads (None when fusion is off: keep whatever the cache holds)."""
+    fusion = cfg.model.depth_fusion
+    return sorted(set(fusion.sources.values())) if fusion.enabled else None
+
+
+def _check_classes(ds: InstanceDataset, cfg: Config) -> InstanceDataset:
+    if ds.num_classes != cfg.data.num_classes:
+        raise DataError(f"{ds.source}: {ds.num_classes} categories, but data.num_classes is {cfg.data.num_classes}")
+    return ds
+
+
+def build_train_dataset(cfg: Config, reader: Any = None) -> InstanceDataset:
+    """Labelled training data with flip + large-scale jitter onto the square canvas."""
+    d = cfg.data
+    t = build_train_transforms(d.image_size, d.min_scale, d.max_scale, d.hflip, d.feature_stride)
+    ds = InstanceDataset(Path(d.image_dir), Path(d.train_json), t, reader, d.skip_missing_cache, feature_levels(cfg))
+    return _check_classes(ds, cfg)
+
+
+def build_unlabeled_dataset(cfg: Config, reader: Any = None) -> UnlabeledDataset:
+    """Unlabelled training data, same geometric augmentation (the weak view; `photometric` makes the strong one)."""
+    d = cfg.data
+    if not d.unlabeled_list:
+        raise DataError("data.unlabeled_list is not set: the semi-supervised stage needs an unlabelled image list")
+    t = build_train_transforms(d.image_size, d.min_scale, d.max_scale, d.hflip, d.feature_stride)
+    return UnlabeledDataset(Path(d.image_dir), Path(d.unlabeled_list), t, reader, d.skip_missing_cache,
+                            feature_levels(cfg))  # fmt: skip
+
+
+def build_val_dataset(cfg: Config, reader: Any = None) -> InstanceDataset:
+    """Validation data, short side resized to `test_size` (deterministic); `.coco` is the ground truth."""
+    d = cfg.data
+    t = build_test_transforms(d.test_size, d.feature_stride)
+    ds = InstanceDataset(Path(d.val_image_dir), Path(d.val_json), t, reader, d.skip_missing_cache, feature_levels(cfg))
+    return _check_classes(ds, cfg)
