@@ -7,6 +7,8 @@ Nothing imports this file.
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 from pathlib import Path
 
@@ -89,6 +91,170 @@ def convert_cityscapes(root: str, split: str, out_json: str) -> None:
 # (commands: precompute-depth, cache ls/info/verify/export)
 
 
+def _stage_one_cfg(config: str | None, overrides: tuple[str, ...], estimator=None, weights=None, depth_dir=None,
+                   depth_kind=None, root=None):  # fmt: skip
+    """The config with the command-line options applied (None keeps the config's value)."""
+    cfg = _load(config, overrides)
+    est = cfg.depth.estimator
+    given = {"name": estimator, "weights": weights, "depth_dir": depth_dir, "depth_kind": depth_kind}
+    for attr, value in given.items():
+        if value is not None:
+            setattr(est, attr, value)
+    if root is not None:
+        cfg.depth.cache.root = root
+    return cfg
+
+
+@main.command("precompute-depth")
+@click.option("--config", type=click.Path(exists=True, dir_okay=False), help=CONFIG_HELP)
+@click.option("--coco", "jsons", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="COCO JSON (or any {images: [...]} list) whose images to cover; repeatable.")
+@click.option("--split", "splits", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="Unlabelled image list from make-splits; repeatable.")
+@click.option("--image-dir", type=click.Path(exists=True, file_okay=False), help="Folder of the JSONs' images.")
+@click.option("--image-folder", type=click.Path(exists=True, file_okay=False),
+              help="A bare image folder (ids = content hashes).")
+@click.option("--estimator", help="depth-anything-v2-{vits,vitb,vitl,vitg}, tiny or files.")
+@click.option("--weights", type=click.Path(exists=True, dir_okay=False), help="Official DAv2 checkpoint.")
+@click.option("--depth-dir", type=click.Path(exists=True, file_okay=False), help="`files`: folder of depth maps.")
+@click.option("--depth-kind", type=click.Choice(["depth", "disparity"]), help="`files`: what the maps hold.")
+@click.option("--root", help="Cache root: a folder or an fsspec URL.")
+@click.option("--retry-failed", is_flag=True, help="Try again the images that failed in an earlier run.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.argument("overrides", nargs=-1)
+def precompute_depth(config, jsons, splits, image_dir, image_folder, estimator, weights, depth_dir, depth_kind,
+                     root, retry_failed, quiet, overrides) -> None:  # fmt: skip
+    """Run the depth source once over the images into the shared cache (resumable; torchrun for N processes).
+
+    Without --coco/--split/--image-folder it covers the config's labelled, unlabelled and val images."""
+    from depth_cache.images import merge_records, records_from_folder, records_from_json
+    from depth_cache.precompute import run_precompute
+
+    cfg = _stage_one_cfg(config, overrides, estimator=estimator, weights=weights, depth_dir=depth_dir,
+                         depth_kind=depth_kind, root=root)  # fmt: skip
+    try:
+        groups = []
+        if jsons or splits:
+            folder = image_dir or cfg.data.image_dir
+            groups += [records_from_json(p, folder) for p in (*jsons, *splits)]
+        if image_folder:
+            groups.append(records_from_folder(image_folder))
+        if not groups:
+            data = cfg.data
+            pairs = [(data.train_json, data.image_dir), (data.unlabeled_list, data.image_dir),
+                     (data.val_json, data.val_image_dir)]  # fmt: skip
+            groups = [records_from_json(p, d) for p, d in pairs if p and Path(p).is_file()]
+            if not groups:
+                raise ValueError("no images: give --coco/--split/--image-folder or a config whose data files exist")
+        records = merge_records(groups)
+        result = run_precompute(records, cfg.depth.estimator, cfg.depth.cache, retry_failed=retry_failed,
+                                progress=not quiet)  # fmt: skip
+    except (ValueError, OSError) as err:
+        raise click.ClickException(str(err)) from err
+    if int(os.environ.get("RANK", "0")) == 0:
+        click.echo(f"cache {result.key} at {result.root}: {result.computed} computed in this process "
+                   f"({result.images_per_s:.1f} img/s), {result.already_done} already there, "
+                   f"{len(result.failed)} failed, {result.skipped_failed} skipped (failed before)")  # fmt: skip
+        for image_id, why in sorted(result.failed.items())[:20]:
+            click.echo(f"  failed {image_id}: {why}")
+
+
+@main.group("cache")
+def cache_group() -> None:
+    """Inspect, check and export depth caches."""
+
+
+def _root(root: str | None, config: str | None) -> str:
+    return root if root is not None else _load(config, ()).depth.cache.root
+
+
+ROOT_OPTION = click.option("--root", help="Cache root (default: the config's depth.cache.root).")
+CONFIG_OPTION = click.option("--config", type=click.Path(exists=True, dir_okay=False), help=CONFIG_HELP)
+
+
+@cache_group.command("ls")
+@ROOT_OPTION
+@CONFIG_OPTION
+def cache_ls(root: str | None, config: str | None) -> None:
+    """Caches under the root: key, estimator, images, levels, dtype, size."""
+    from depth_cache.catalog import list_summaries
+
+    rows = list_summaries(_root(root, config))
+    if not rows:
+        click.echo("no caches")
+    for r in rows:
+        click.echo(f"{r['key']}  {r['estimator']:<26} {r['images']:>8} images  {r['failed']:>4} failed  "
+                   f"{','.join(r['levels']):<20} {r['dtype']:<5} {r['bytes'] / 1e6:10.2f} MB")  # fmt: skip
+
+
+@cache_group.command("info")
+@click.argument("key")
+@ROOT_OPTION
+@CONFIG_OPTION
+def cache_info_cmd(key: str, root: str | None, config: str | None) -> None:
+    """Images, bytes per image per level, levels, dtype and estimator of one cache."""
+    from depth_cache.catalog import cache_info
+    from depth_cache.store import CacheError
+
+    try:
+        info = cache_info(_root(root, config), key)
+    except CacheError as err:
+        raise click.ClickException(str(err)) from err
+    click.echo(f"cache {info['key']} at {info['root']}")
+    click.echo(f"  images {info['images']} in {info['shards']} shards of {info['shard_size']}; "
+               f"failed {len(info['failed'])}; dtype {info['dtype']}; canvas {info['canvas']}")  # fmt: skip
+    click.echo(f"  estimator: {json.dumps(info['fields'], sort_keys=True)}")
+    click.echo(f"  {'map':<10} {'C':>4} {'canvas grid':>12} {'stored B/img':>13} {'raw B/img':>11}")
+    for name, m in info["maps"].items():
+        click.echo(f"  {name:<10} {m['channels']:>4} {str(tuple(m['canvas_grid'])):>12} "
+                   f"{m['stored_bytes_per_image']:>13.0f} {m['raw_bytes_per_image']:>11.0f}")  # fmt: skip
+    total = sum(m["stored_bytes_per_image"] for m in info["maps"].values())
+    click.echo(f"  {'total':<10} {'':>4} {'':>12} {total:>13.0f}   ({info['total_bytes'] / 1e6:.2f} MB on disk)")
+    for image_id, why in sorted(info["failed"].items())[:20]:
+        click.echo(f"  failed {image_id}: {why}")
+
+
+@cache_group.command("verify")
+@click.argument("key")
+@ROOT_OPTION
+@CONFIG_OPTION
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def cache_verify_cmd(key: str, root: str | None, config: str | None, quiet: bool) -> None:
+    """Every finished entry readable, finite, of the right shape; per-shard checksums re-checked."""
+    from depth_cache.catalog import verify_cache
+    from depth_cache.store import CacheError
+
+    try:
+        result = verify_cache(_root(root, config), key, progress=not quiet)
+    except CacheError as err:
+        raise click.ClickException(str(err)) from err
+    for problem in result.problems[:50]:
+        click.echo(f"  {problem}")
+    click.echo(f"{'ok' if result.ok else 'FAILED'}: {result.images} images in {result.shards} shards, "
+               f"{len(result.problems)} problems")  # fmt: skip
+    if not result.ok:
+        sys.exit(1)
+
+
+@cache_group.command("export")
+@click.argument("key")
+@click.option("--format", "fmt", type=click.Choice(["hdf5"]), default="hdf5", show_default=True)
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output file.")
+@ROOT_OPTION
+@CONFIG_OPTION
+def cache_export_cmd(key: str, fmt: str, out: str, root: str | None, config: str | None) -> None:
+    """Write a cache's finished entries to one portable HDF5 file."""
+    from depth_cache.export import export_hdf5
+    from depth_cache.store import CacheError
+
+    try:
+        summary = export_hdf5(_root(root, config), key, out)
+    except CacheError as err:
+        raise click.ClickException(str(err)) from err
+    click.echo(f"wrote {summary['images']} images to {summary['path']}")
+
+
+
 # ---------------------------------------------------------------- stage two (pipeline)
 # (commands: train, evaluate, predict)
 
@@ -134,6 +300,24 @@ def evaluate_cmd(config: str | None, checkpoint: str, which: str, out_dir: str |
 # ---------------------------------------------------------------- benchmarks
 # (command group: bench)
 
+
+@main.group("bench")
+def bench_group() -> None:
+    """Benchmarks that print side-by-side tables."""
+
+
+@bench_group.command("cache")
+@click.option("--images", default=256, show_default=True, help="Images to precompute and read.")
+@click.option("--input-size", default=126, show_default=True, help="tiny's input short side.")
+@click.option("--reads", default=512, show_default=True, help="Random reads per reader.")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--vits", is_flag=True, help="Also time vits at 518 (random weights; meant for a GPU).")
+@click.option("--work-dir", type=click.Path(file_okay=False), help="Scratch folder (default: a temp dir).")
+def bench_cache_cmd(images: int, input_size: int, reads: int, device: str, vits: bool, work_dir: str | None) -> None:
+    """Stage one: precompute img/s, bytes per image per level, reader vs .npy img/s (1 process, 2 workers)."""
+    from bench.bench_cache import run_bench
+
+    run_bench(images=images, input_size=input_size, reads=reads, device=device, vits=vits, work_dir=work_dir)
 
 if __name__ == "__main__":
     sys.exit(main())

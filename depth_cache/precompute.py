@@ -296,4 +296,12 @@ def run_precompute(records: list[ImageRecord], estimator_cfg: EstimatorConfig, c
         device = f"cuda:{dist.local_rank}"
     runner = make_runner(source, cache_cfg.depth_stride, estimator_cfg.input_size, device=device,
                          precision=estimator_cfg.precision, batch_size=cache_cfg.batch_size)  # fmt: skip
-    return precompute(records, runner, fields, cache_cfg, dist=dist, retry_failed=retry_failed, progress=progress)
+    threads = torch.get_num_threads()
+    if getattr(runner, "device", torch.device("cpu")).type == "cpu":
+        # leave the decoding workers their cores: oversubscribed intra-op threads ran 7x slower (2 cores)
+        cores = (os.cpu_count() or 1) // dist.world_size
+        torch.set_num_threads(max(1, min(threads, cores - cache_cfg.num_workers)))
+    try:
+        return precompute(records, runner, fields, cache_cfg, dist=dist, retry_failed=retry_failed, progress=progress)
+    finally:
+        torch.set_num_threads(threads)

@@ -1,0 +1,210 @@
+"""Stage-one benchmark: `python cli.py bench cache` prints, in one run, side by side:
+
+1. precompute images/s of the `tiny` estimator (CPU by default; `--vits` adds vits at 518 with
+   random weights, meant for a GPU);
+2. bytes per image per stored map, for a cache with vits's shapes at 518 (64 channels; computed
+   from shapes for 518x518 and 518x686 inputs, and measured on disk for 518x686) and fp16 vs int8,
+   with the error int8 adds;
+3. random single-image reads through `CacheReader` against the same cropped tensors from plain
+   `.npy` files (one file per map per image), in one process and with 2 DataLoader workers.
+
+The read benchmark uses a "vits-shaped" source (a cheap stand-in producing the shapes of vits at
+518: depth at /4, path_4 64 x H/14 x W/14) so reads move realistic bytes without running vits.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from depth_cache.catalog import cache_info
+from depth_cache.config import CacheConfig
+from depth_cache.estimators.base import DepthEstimator, DepthOutput, FeatureInfo, Preprocess
+from depth_cache.images import ImageRecord
+from depth_cache.precompute import precompute
+from depth_cache.reader import CacheReader
+from depth_cache.runner import make_runner
+
+VITS_CHANNELS = 64
+
+
+class VitsShaped(DepthEstimator):
+    """Outputs with the shapes of DAv2-vits (path_4 at /14, path_3 at /7, 64 channels) from a 1x1 conv."""
+
+    def __init__(self, levels: list[str]):
+        super().__init__()
+        self.name = "vits-shaped"
+        self.preprocess = Preprocess(input_size=518, multiple_of=14)
+        strides = {"path_4": 14, "path_3": 7}
+        self.feature_info = [FeatureInfo(lv, VITS_CHANNELS, strides[lv]) for lv in levels]
+        self.proj = nn.Conv2d(3, VITS_CHANNELS, 1)
+
+    def forward(self, x: torch.Tensor) -> DepthOutput:
+        feats = {fi.name: self.proj(F.avg_pool2d(x, int(fi.stride))) for fi in self.feature_info}
+        feats = {k: torch.sin(13.0 * v) for k, v in feats.items()}  # deterministic, high-entropy values
+        return DepthOutput(x.mean(1) + 3.0, feats)
+
+
+def _images(folder: Path, n: int, size: tuple[int, int], seed: int = 0) -> list[ImageRecord]:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        h, w = size
+        arr = (rng.random((h // 8, w // 8, 3)) * 255).astype(np.uint8)
+        path = folder / f"{i:05d}.png"
+        Image.fromarray(arr).resize((w, h), Image.BILINEAR).save(path)
+        out.append(ImageRecord(str(i), str(path), (h, w)))
+    return out
+
+
+def _precompute(records, source, root: Path, levels, dtype="fp16", device="cpu", workers=2, name=None):
+    cfg = CacheConfig(root=str(root), levels=levels, dtype=dtype, depth_stride=4, shard_size=64, batch_size=8,
+                      num_workers=workers)  # fmt: skip
+    runner = make_runner(source, 4, source.preprocess.input_size, device=device, precision="auto", batch_size=8)
+    fields = {"estimator": name or source.name, "levels": levels, "dtype": dtype, "input_size": 518}
+    result = precompute(records, runner, fields, cfg, progress=False)
+    return result, CacheReader(str(root), result.key)
+
+
+def _shape_bytes(h: int, w: int, levels: list[str]) -> dict[str, int]:
+    """fp16 bytes per map of vits for an (h, w) network input (depth at /4)."""
+    up = {"path_4": 1, "path_3": 2, "path_2": 4, "path_1": 8}
+    out = {"depth": 2 * -(-h // 4) * -(-w // 4)}
+    for lv in levels:
+        out[lv] = 2 * VITS_CHANNELS * (h // 14 * up[lv]) * (w // 14 * up[lv])
+    return out
+
+
+class _ReadSet(torch.utils.data.Dataset):
+    def __init__(self, ids, read):
+        self.ids, self.read = ids, read
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, i):
+        out = self.read(self.ids[i])
+        return out.depth.shape[-1] if hasattr(out, "depth") else out["depth"].shape[-1]
+
+
+class NpyReader:
+    """The baseline: one .npy per map per image, loaded and converted like the cache reader's output."""
+
+    def __init__(self, folder: Path, names: list[str]):
+        self.folder, self.names = folder, names
+
+    def __call__(self, image_id: str) -> dict[str, torch.Tensor]:
+        load = np.load
+        return {n: torch.from_numpy(load(self.folder / f"{image_id}_{n}.npy").astype(np.float32)) for n in self.names}
+
+
+def _rate(read, ids, workers: int) -> float:
+    if workers == 0:
+        read(ids[0])  # open lazily outside the timing, as a long-lived worker would
+        t = time.perf_counter()
+        for i in ids:
+            read(i)
+        return len(ids) / (time.perf_counter() - t)
+    loader = torch.utils.data.DataLoader(_ReadSet(ids, read), batch_size=None, num_workers=workers,
+                                         persistent_workers=False, prefetch_factor=8)  # fmt: skip
+    it = iter(loader)
+    next(it)  # workers started and opened
+    t = time.perf_counter()
+    n = sum(1 for _ in it)
+    return n / (time.perf_counter() - t)
+
+
+def run_bench(images: int = 256, input_size: int = 126, reads: int = 512, device: str = "cpu", vits: bool = False,
+              work_dir: str | None = None) -> dict:  # fmt: skip
+    """Run every part and print one table; returns the figures."""
+    from depth_cache.estimators.depth_anything_v2 import build_depth_anything_v2, build_tiny
+
+    torch.manual_seed(0)
+    if device == "cpu":  # as run_precompute does: leave the 2 decoding workers their cores
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) - 2))
+    tmp = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="bench_cache_"))
+    shutil.rmtree(tmp / "caches", ignore_errors=True)
+    figures: dict = {}
+    records = _images(tmp / "images", images, (240, 320))  # 4:3 like COCO -> 518x686 at 518
+
+    # 1. precompute throughput
+    tiny = build_tiny(seed=0, input_size=input_size, levels=["path_4", "path_3"])
+    res, _ = _precompute(records, tiny, tmp / "caches", ["path_4", "path_3"], device=device, name=f"tiny{input_size}")
+    figures["tiny_img_s"] = res.images_per_s
+    if vits:
+        model = build_depth_anything_v2("vits", input_size=518, levels=["path_4"])
+        res, _ = _precompute(records, model, tmp / "caches", ["path_4"], device=device, name="vits-random")
+        figures["vits_img_s"] = res.images_per_s
+
+    # 2. bytes, fp16 and int8, on vits shapes
+    levels = ["path_4"]
+    source = VitsShaped(levels)
+    _, reader16 = _precompute(records, source, tmp / "caches", levels, "fp16")
+    _, reader8 = _precompute(records, source, tmp / "caches", levels, "int8")
+    info16, info8 = cache_info(reader16.root, reader16.key), cache_info(reader8.root, reader8.key)
+    err = {n: [] for n in reader16.manifest["map_names"]}
+    for i in reader16.ids()[:64]:
+        a, b = reader16.get(i), reader8.get(i)
+        for n, x, y in [("depth", a.depth, b.depth), *[(k, a.features[k], b.features[k]) for k in a.features]]:
+            err[n].append(float((x - y).norm() / x.norm().clamp_min(1e-12)))
+    figures["int8_rel_err"] = {n: float(np.mean(v)) for n, v in err.items()}
+
+    # 3. reads
+    npy = tmp / "npy"
+    npy.mkdir(exist_ok=True)
+    names = reader16.manifest["map_names"]
+    for i in reader16.ids():
+        e = reader16.get(i)
+        for n, t in {"depth": e.depth, **e.features}.items():
+            np.save(npy / f"{i}_{n}.npy", t.numpy().astype(np.float16))
+    rng = random.Random(0)
+    ids = [rng.choice(reader16.ids()) for _ in range(reads)]
+    baseline = NpyReader(npy, names)
+    figures["reads"] = {
+        "npy_1p": _rate(baseline, ids, 0), "cache_1p": _rate(CacheReader(reader16.root, reader16.key).get, ids, 0),
+        "npy_2w": _rate(baseline, ids, 2), "cache_2w": _rate(CacheReader(reader16.root, reader16.key).get, ids, 2),
+    }  # fmt: skip
+    _print(figures, info16, info8, levels, images, input_size, device)
+    if not work_dir:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return figures
+
+
+def _print(figures, info16, info8, levels, images, input_size, device) -> None:
+    r = figures["reads"]
+    print(f"\n== stage-one cache benchmark ({images} images of 240x320 -> 518x686 network input; device {device}) ==")
+    print(f"precompute, tiny at {input_size} (path_4+path_3): {figures['tiny_img_s']:8.1f} img/s")
+    if "vits_img_s" in figures:
+        print(f"precompute, vits at 518 (random weights, path_4):  {figures['vits_img_s']:8.1f} img/s")
+    sq, coco = _shape_bytes(518, 518, ["path_4", "path_3"]), _shape_bytes(518, 686, ["path_4", "path_3"])
+    print("\nbytes per image (vits, 64 channels; depth at input/4)")
+    head = ["518x518 fp16", "518x686 fp16", "stored fp16", "stored int8", "int8 err"]
+    print(f"{'map':<8} {head[0]:>13} {head[1]:>13} {head[2]:>12} {head[3]:>12} {head[4]:>9}")
+    for n in ["depth", "path_4", "path_3"]:
+        s16 = info16["maps"].get(n, {}).get("stored_bytes_per_image")
+        s8 = info8["maps"].get(n, {}).get("stored_bytes_per_image")
+        e = figures["int8_rel_err"].get(n)
+        print(f"{n:<8} {sq[n]:>13,} {coco[n]:>13,} {_fmt(s16):>12} {_fmt(s8):>12} {'' if e is None else f'{e:.2%}':>9}")
+    default = ["depth", *levels]
+    t16 = sum(info16["maps"][n]["stored_bytes_per_image"] for n in default)
+    t8 = sum(info8["maps"][n]["stored_bytes_per_image"] for n in default)
+    print(f"{'default':<8} {sum(sq[n] for n in default):>13,} {sum(coco[n] for n in default):>13,} "
+          f"{_fmt(t16):>12} {_fmt(t8):>12}   (depth + {'+'.join(levels)})")
+    print("\nrandom single-image reads (img/s)       .npy    cache  ratio")
+    for label, a, b in [("1 process", "npy_1p", "cache_1p"), ("2 DataLoader workers", "npy_2w", "cache_2w")]:
+        print(f"{label:<37}{r[a]:7.0f} {r[b]:8.0f} {r[b] / r[a]:6.2f}")
+
+
+def _fmt(x) -> str:
+    return "-" if x is None else f"{x:,.0f}"
