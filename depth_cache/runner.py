@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from depth_cache.entry import normalise_depth, pool_to_stride
 from depth_cache.estimators.base import DepthEstimator
 from depth_cache.estimators.files import FilesDepth
+from depth_cache.geometry import grid_for_stride
 from depth_cache.images import ImageRecord, decode_image, image_size
 
 Maps = dict[str, torch.Tensor]
@@ -120,11 +121,11 @@ class NetworkRunner:
         return out  # type: ignore[return-value]
 
     def probe(self, frame: tuple[int, int]) -> dict[str, tuple[int, int, int]]:
-        """(C, h, w) of every stored map for a `frame` input (sizes the canvas arrays)."""
-        x = torch.zeros(1, 3, *frame, device=self.device)
-        depth, feats = run_network(self.estimator, x, self.dtype)
-        shapes = {"depth": (1, *pool_to_stride(depth, self.depth_stride).shape[-2:])}
-        shapes.update({k: tuple(v.shape[1:]) for k, v in feats.items()})
+        """(C, h, w) of every stored map for a `frame` input (sizes the canvas arrays), from
+        `feature_info` rather than a forward pass (a vitg forward on a CPU takes a while)."""
+        shapes = {"depth": (1, *grid_for_stride(frame, self.depth_stride))}
+        for fi in self.estimator.feature_info:
+            shapes[fi.name] = (fi.channels, *grid_for_stride(frame, fi.stride))
         return shapes
 
 

@@ -133,6 +133,11 @@ class CacheStore:
         """Write whole shard `shard` of every array (`blocks`: array path -> (shard_size, ...)), then its marker."""
         group = self.group()
         for path, block in blocks.items():
+            # a shard left by a killed job: zarr would merge into it (and fail on its garbage index)
+            stale = self.shard_file(path, shard, block.ndim)
+            if self.fs.exists(stale):
+                self.fs.rm(stale)
+        for path, block in blocks.items():
             arr = group[path]
             s = arr.shards[0]
             if block.shape[0] != s:
