@@ -166,3 +166,16 @@ def test_adding_images_later_extends_the_cache_with_new_shards(tmp_path):
     reader = CacheReader(cfg.root, r1.key)
     assert sorted(reader.ids()) == sorted(r.id for r in first + more)
     assert verify_cache(cfg.root, r1.key, progress=False).ok
+
+
+def test_mismatched_weights_fail_before_any_work(tmp_path):
+    from depth_cache.config import EstimatorConfig
+    from depth_cache.precompute import run_precompute
+
+    records = _records(tmp_path, SIZES[:2])
+    weights = tmp_path / "depth_anything_v2_vits.pth"
+    torch.save({"pretrained.cls_token": torch.zeros(1, 1, 384), "unrelated.weight": torch.zeros(3)}, weights)
+    est = EstimatorConfig(name="depth-anything-v2-vits", weights=str(weights), device="cpu")
+    with pytest.raises(ValueError, match="unrelated.weight|missing"):
+        run_precompute(records, est, cache_cfg(tmp_path / "cache"), progress=False)
+    assert not (tmp_path / "cache").exists()  # nothing was created, nothing computed
