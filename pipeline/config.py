@@ -116,8 +116,13 @@ class SemiConfig:
     """Teacher-student training after Guided Distillation, with depth guidance."""
 
     enabled: bool = False
-    teacher_checkpoint: Optional[str] = None  # start stage B from this teacher
-    burn_in_iter: int = 500  # stage A length (teacher-only) before the student starts
+    # Timeline in iterations: stage A = [0, teacher_iters) trains the teacher on labels only;
+    # stage B = [teacher_iters, train.max_iter) trains the student on labels + pseudo-labels.
+    teacher_iters: int = 500
+    teacher_checkpoint: Optional[str] = None  # skip stage A: start stage B from this teacher
+    # the student starts from the teacher's weights, or afresh (GD's recipe, pretrained backbone only)
+    student_init: Literal["teacher", "scratch"] = "teacher"
+    burn_in_iter: int = 100  # stage-B steps with a frozen teacher; then teacher := student, then EMA
     ema_decay: float = 0.9996
     unlabeled_batch_size: int = 8
     unsup_weight: float = 2.0

@@ -67,7 +67,8 @@ def open_reader(cfg: Config):
 def build_provider(cfg: Config, reader, device: torch.device) -> DepthProvider:
     levels = needed_levels(cfg)
     if cfg.depth.mode == "cache":
-        channels = {name: reader.feature_channels[name] for name in levels}
+        stored = reader.feature_channels()
+        channels = {name: stored[name] for name in levels}
         return DepthProvider("cache", channels, feature_stride=cfg.data.feature_stride)
     if cfg.depth.mode == "online":
         from depth_cache.online import OnlineDepth

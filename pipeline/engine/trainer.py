@@ -44,8 +44,8 @@ def wrap_ddp(model: nn.Module, ctx: RunContext) -> nn.Module:
 
 def main_loss_terms(losses: dict[str, torch.Tensor]) -> dict[str, float]:
     """The total and the last decoder layer's terms (aux layers only add noise to a log)."""
-    out = {"loss": float(sum(losses.values()))}
-    out.update({k: float(v) for k, v in losses.items() if not k[-1].isdigit()})
+    out = {"loss": float(sum(v.detach() for v in losses.values()))}
+    out.update({k: float(v.detach()) for k, v in losses.items() if not k[-1].isdigit()})
     return out
 
 

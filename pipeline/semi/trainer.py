@@ -1,0 +1,191 @@
+"""Depth-guided teacher-student training (both stages), after Guided Distillation.
+
+Timeline, in iterations of one resumable loop:
+- stage A, [0, teacher_iters): the teacher-to-be trains on labelled batches only; with depth
+  pseudo-labels on, every labelled batch is seen as the RGB view and as the depth view, so the
+  teacher can segment either;
+- stage B, [teacher_iters, max_iter): the teacher is frozen and a student (the teacher's weights,
+  or afresh) trains on labelled batches plus unlabelled batches. After `burn_in_iter` stage-B
+  steps the teacher becomes a copy of the student and then follows it as an EMA.
+
+Each stage-B step: the teacher (no grad) predicts on the weak RGB view and on the depth view of
+the unlabelled batch -> RGB and depth pseudo-label sets; the student sees the strong view (same
+geometry, photometric augmentation) with Depth Fusion, and its losses against both sets are mixed
+by the Depth Controller's weight w: unsup_weight * ((1 - w) L_rgb + w L_depth).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from pipeline.config import Config
+from pipeline.engine.checkpoint import load_checkpoint, load_model_state, save_checkpoint
+from pipeline.engine.context import RunContext, build_context, check_finite, train_loader
+from pipeline.engine.optim import build_optimizer, build_scheduler
+from pipeline.engine.trainer import (
+    checkpoint_state,
+    main_loss_terms,
+    optimizer_step,
+    periodic_eval,
+    restore,
+    wrap_ddp,
+)
+from pipeline.semi.agreement import pseudo_label_agreement
+from pipeline.semi.depth_controller import build_controller
+from pipeline.semi.depth_view import render_depth_view
+from pipeline.semi.ema import copy_student_to_teacher, ema_update, make_teacher
+from pipeline.semi.losses import combine_unsup_losses, loss_value
+from pipeline.semi.pseudo_labels import make_pseudo_labels
+
+
+def _forward(ctx: RunContext, model: nn.Module, images: torch.Tensor, batch) -> dict:
+    with ctx.autocast:
+        return model(images, batch.features if ctx.use_depth else None)
+
+
+def supervised_losses(ctx: RunContext, model: nn.Module, batch) -> dict[str, torch.Tensor]:
+    """Labelled loss on the RGB view, plus on the depth view when the teacher must read depth."""
+    losses = ctx.criterion(_forward(ctx, model, batch.images, batch), batch.targets)
+    if ctx.cfg.semi.depth_pseudo_labels:
+        view = render_depth_view(batch.depth, batch.valid, colormap=ctx.cfg.semi.depth_view)
+        depth_losses = ctx.criterion(_forward(ctx, model, view, batch), batch.targets)
+        losses = {**{f"{k}_rgbview": v for k, v in losses.items()},
+                  **{f"{k}_depthview": v for k, v in depth_losses.items()}}
+    return losses
+
+
+@torch.no_grad()
+def teacher_pseudo_labels(ctx: RunContext, teacher: nn.Module, batch) -> tuple[list[dict], list[dict] | None]:
+    """RGB and depth pseudo-label sets of an unlabelled batch (depth None when not used)."""
+    semi = ctx.cfg.semi
+    size = tuple(batch.images.shape[-2:])
+    kw = dict(score_threshold=semi.score_threshold, mask_threshold=semi.mask_threshold,
+              min_mask_area=semi.min_mask_area, dedup_iou=semi.pseudo_dedup_iou)
+    rgb = make_pseudo_labels(_forward(ctx, teacher, batch.images, batch), size, batch.valid, **kw)
+    depth = None
+    if semi.depth_pseudo_labels:
+        view = render_depth_view(batch.depth, batch.valid, colormap=semi.depth_view)
+        depth = make_pseudo_labels(_forward(ctx, teacher, view, batch), size, batch.valid, **kw)
+    return rgb, depth
+
+
+def strong_view(images: torch.Tensor, valid: torch.Tensor, augment) -> torch.Tensor:
+    """Photometric augmentation per image; geometry (and so every pseudo-label) is unchanged."""
+    return torch.stack([augment(img) for img in images]) * valid[:, None].to(images)
+
+
+def _stage_b_reset(ctx: RunContext, teacher: nn.Module, start_b: int) -> None:
+    """Teacher := the trained stage-A model (frozen); fresh student, optimiser and schedule."""
+    cfg = ctx.cfg
+    teacher.load_state_dict(ctx.model.state_dict())
+    if cfg.semi.student_init == "scratch":
+        from pipeline.model.build import build_model
+
+        fresh = build_model(cfg.model, cfg.data.num_classes, ctx.provider.channels).to(ctx.device)
+        ctx.model.load_state_dict(fresh.state_dict())
+    stage_b = dataclasses.replace(cfg.train, max_iter=cfg.train.max_iter - start_b)
+    ctx.optimizer = build_optimizer(ctx.model, stage_b)
+    ctx.scheduler = build_scheduler(ctx.optimizer, stage_b)
+
+
+def train_semi(cfg: Config, resume: bool = False) -> dict:
+    from pipeline.data.dataset import build_train_dataset, build_unlabeled_dataset
+    from pipeline.data.photometric import StrongAugment
+
+    semi = cfg.semi
+    ctx = build_context(cfg)
+    teacher = make_teacher(ctx.model)
+    controller = build_controller(semi.controller)
+    start_b = 0 if semi.teacher_checkpoint else semi.teacher_iters
+    if semi.teacher_checkpoint and not resume:
+        ckpt = load_checkpoint(semi.teacher_checkpoint)
+        key = "teacher" if "teacher" in ckpt else "model"
+        load_model_state(ctx.model, ckpt[key], f"{semi.teacher_checkpoint} [{key}]")
+        _stage_b_reset(ctx, teacher, start_b)
+    else:
+        # stage A trains over its own schedule; stage B builds a new one at the boundary
+        ctx.scheduler = build_scheduler(ctx.optimizer, dataclasses.replace(cfg.train, max_iter=start_b))
+    start = 0
+    if resume:
+        # a checkpoint from stage B carries the teacher; rebuild stage B's optimiser first so shapes match
+        from pipeline.engine.checkpoint import last_checkpoint
+
+        path = last_checkpoint(ctx.out_dir)
+        if path is not None and "teacher" in load_checkpoint(path):
+            _stage_b_reset(ctx, teacher, start_b)
+            start, ckpt = restore(ctx, {"teacher": teacher})
+            controller.load_state_dict(ckpt["controller"])
+        else:
+            start, _ = restore(ctx)
+    labeled = build_train_dataset(cfg, ctx.reader)
+    unlabeled = build_unlabeled_dataset(cfg, ctx.reader)
+    lab_iter = iter(train_loader(labeled, cfg, ctx.dist, cfg.train.batch_size, start))
+    unl_iter = None
+    augment = StrongAugment()
+    model = wrap_ddp(ctx.model, ctx)
+    model.train()
+    metrics: dict = {}
+    t0 = time.perf_counter()
+    bar = tqdm(range(start, cfg.train.max_iter), initial=start, total=cfg.train.max_iter,
+               desc="train (teacher-student)", disable=not ctx.dist.is_main)
+    for it in bar:
+        if it == start_b and start_b > 0 and start <= start_b:
+            _stage_b_reset(ctx, teacher, start_b)
+            model = wrap_ddp(ctx.model, ctx)
+        in_b = it >= start_b
+        record: dict = {}
+        batch = next(lab_iter).to(ctx.device)
+        ctx.provider.fill(batch)
+        losses = supervised_losses(ctx, model, batch)
+        if in_b:
+            if unl_iter is None:
+                unl_iter = iter(train_loader(unlabeled, cfg, ctx.dist, semi.unlabeled_batch_size,
+                                             it - start_b, seed_offset=1))
+            ub = next(unl_iter).to(ctx.device)
+            ctx.provider.fill(ub)
+            rgb_pl, depth_pl = teacher_pseudo_labels(ctx, teacher, ub)
+            out = _forward(ctx, model, strong_view(ub.images, ub.valid, augment), ub)
+            loss_rgb = ctx.criterion(out, rgb_pl)
+            loss_depth = ctx.criterion(out, depth_pl) if depth_pl is not None else None
+            stats = {"loss_rgb": loss_value(loss_rgb)}
+            if depth_pl is not None:
+                stats["loss_depth"] = loss_value(loss_depth)
+                stats["agreement"] = pseudo_label_agreement(
+                    rgb_pl, depth_pl, iou_threshold=semi.controller.agreement_iou)
+            w = controller.update(it - start_b, stats)
+            unsup = combine_unsup_losses(loss_rgb, loss_depth, w, semi.unsup_weight)
+            record = {"controller/weight": w, "loss_sup": float(sum(v.detach() for v in losses.values())),
+                      "loss_unsup": float(sum(v.detach() for v in unsup.values())),
+                      "pseudo/rgb_per_image": sum(len(p["labels"]) for p in rgb_pl) / len(rgb_pl)}
+            if depth_pl is not None:
+                record["pseudo/depth_per_image"] = sum(len(p["labels"]) for p in depth_pl) / len(depth_pl)
+                record["pseudo/agreement"] = stats["agreement"]
+            losses = {**losses, **unsup}
+        check_finite(losses, it, ctx.out_dir)
+        optimizer_step(ctx, sum(losses.values()), model.parameters())
+        if in_b:
+            b_step = it + 1 - start_b
+            if b_step == semi.burn_in_iter:
+                copy_student_to_teacher(teacher, ctx.model)
+            elif b_step > semi.burn_in_iter:
+                ema_update(teacher, ctx.model, semi.ema_decay, buffers=semi.ema_buffers)
+        step = it + 1
+        if step % cfg.train.log_period == 0 or step == cfg.train.max_iter:
+            terms = main_loss_terms(losses)
+            bar.set_postfix(loss=f"{terms['loss']:.3f}", stage="B" if in_b else "A")
+            ctx.log.write({"iter": step, "stage": "B" if in_b else "A", "loss": terms["loss"], **record,
+                           "lr": ctx.scheduler.get_last_lr()[0], "time": time.perf_counter() - t0})
+        if ctx.dist.is_main and (step % cfg.train.checkpoint_period == 0 or step == cfg.train.max_iter):
+            extra = {"teacher": teacher.state_dict(), "controller": controller.state_dict()} if in_b else {}
+            save_checkpoint(ctx.out_dir, step, checkpoint_state(ctx, **extra))
+        if (cfg.train.eval_period > 0 and step % cfg.train.eval_period == 0) or step == cfg.train.max_iter:
+            # the teacher is the model that is kept and reported in stage B (as in GD)
+            metrics = periodic_eval(ctx, teacher if in_b else ctx.model, step)
+            if in_b:
+                periodic_eval(ctx, ctx.model, step, prefix="student")
+    return metrics
