@@ -71,9 +71,8 @@ def build_provider(cfg: Config, reader, device: torch.device) -> DepthProvider:
         channels = {name: stored[name] for name in levels}
         return DepthProvider("cache", channels, feature_stride=cfg.data.feature_stride)
     if cfg.depth.mode == "online":
-        from depth_cache.online import OnlineDepth
-
         from depth_cache.estimators import build_source
+        from depth_cache.online import OnlineDepth
 
         source = build_source(cfg.depth.estimator, levels)
         online = OnlineDepth(source.to(device) if hasattr(source, "to") else source)
