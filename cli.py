@@ -17,6 +17,20 @@ import click
 CONFIG_HELP = "YAML config (see configs/); later `a.b.c=value` arguments override it."
 
 
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors that describe bad input (files, caches, checkpoints, configs): shown without a traceback."""
+    from depth_cache.store import CacheError
+    from pipeline.engine.checkpoint import CheckpointError
+    from pipeline.engine.context import NonFiniteLoss
+
+    return (CacheError, CheckpointError, NonFiniteLoss, FileNotFoundError, KeyError, ValueError)
+
+
+def _message(err: BaseException) -> str:
+    # KeyError's str() wraps the message in quotes
+    return str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+
+
 def _load(config: str | None, overrides: tuple[str, ...]):
     from pipeline.config_io import ConfigError, load_config
 
@@ -265,21 +279,21 @@ def cache_export_cmd(key: str, fmt: str, out: str, root: str | None, config: str
 @click.argument("overrides", nargs=-1)
 def train_cmd(config: str | None, resume: bool, overrides: tuple[str, ...]) -> None:
     """Train (supervised, or teacher-student when semi.enabled) reading depth from the cache."""
-    from pipeline.engine.context import NonFiniteLoss
     from pipeline.engine.trainer import train
 
     cfg = _load(config, overrides)
     try:
         metrics = train(cfg, resume=resume)
-    except (NonFiniteLoss, FileNotFoundError, KeyError, ValueError) as err:
-        raise click.ClickException(str(err)) from err
+    except _user_errors() as err:
+        raise click.ClickException(_message(err)) from err
     if metrics:
         click.echo(f"final val mask AP: {metrics.get('AP', float('nan')):.2f}")
 
 
 @main.command("evaluate")
 @click.option("--config", type=click.Path(exists=True, dir_okay=False), help=CONFIG_HELP)
-@click.option("--checkpoint", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--checkpoint", required=True, type=click.Path(exists=True),
+              help="Checkpoint file, or a run folder (its last checkpoint).")
 @click.option("--which", type=click.Choice(["auto", "model", "teacher"]), default="auto", show_default=True,
               help="Weights to evaluate; auto = the teacher when the checkpoint has one.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Where metrics.json/results.json go.")
@@ -287,14 +301,13 @@ def train_cmd(config: str | None, resume: bool, overrides: tuple[str, ...]) -> N
 def evaluate_cmd(config: str | None, checkpoint: str, which: str, out_dir: str | None,
                  overrides: tuple[str, ...]) -> None:
     """COCO mask AP of a checkpoint on the val split (depth read from the cache)."""
-    from pipeline.engine.checkpoint import CheckpointError
     from pipeline.engine.evaluate import evaluate_checkpoint
 
     cfg = _load(config, overrides)
     try:
         evaluate_checkpoint(cfg, checkpoint, out_dir, which)
-    except (CheckpointError, FileNotFoundError, KeyError, ValueError) as err:
-        raise click.ClickException(str(err)) from err
+    except _user_errors() as err:
+        raise click.ClickException(_message(err)) from err
 
 
 # ---------------------------------------------------------------- benchmarks

@@ -7,7 +7,7 @@ from pathlib import Path
 from torch.utils.data import DataLoader
 
 from pipeline.config import Config
-from pipeline.engine.checkpoint import load_checkpoint, load_model_state
+from pipeline.engine.checkpoint import last_checkpoint, load_checkpoint, load_model_state
 from pipeline.engine.depth_source import build_provider, open_reader
 from pipeline.engine.distributed import pick_device
 from pipeline.engine.inference import predict_loader
@@ -15,7 +15,8 @@ from pipeline.engine.inference import predict_loader
 
 def evaluate_checkpoint(cfg: Config, checkpoint: str | Path, out_dir: str | Path | None = None,
                         which: str = "auto") -> dict:
-    """Evaluate `which` weights of a checkpoint ("model", "teacher", or auto: teacher when present).
+    """Evaluate `which` weights ("model", "teacher", or auto: teacher when present) of a checkpoint
+    (a file, or a run folder: its last checkpoint).
 
     Writes `metrics.json` and COCO-format `results.json` (RLE) into `out_dir`.
     """
@@ -25,6 +26,11 @@ def evaluate_checkpoint(cfg: Config, checkpoint: str | Path, out_dir: str | Path
     from pipeline.model.build import build_model
 
     device = pick_device(cfg.train.device)
+    if Path(checkpoint).is_dir():  # a run folder: its last checkpoint
+        found = last_checkpoint(checkpoint)
+        if found is None:
+            raise FileNotFoundError(f"{checkpoint}: run folder without a checkpoint ('last_checkpoint' missing)")
+        checkpoint = found
     ckpt = load_checkpoint(checkpoint)
     key = which if which != "auto" else ("teacher" if "teacher" in ckpt else "model")
     if key not in ckpt:

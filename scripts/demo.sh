@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The main job end to end on the generated RGB-D dataset (CPU): data, splits, stage one (depth
+# cache), stage two (teacher-student training with Depth Fusion, depth pseudo-labels and the
+# Depth Controller), then COCO mask AP of the teacher on the val split.
+# Extra arguments are config overrides for training, e.g. `bash scripts/demo.sh train.max_iter=100`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python cli.py make-synthetic --out data/synthetic --num-train 400 --num-val 100
+python cli.py make-splits --ann data/synthetic/annotations/train.json --out data/synthetic/splits --percents 1,5,10
+python cli.py precompute-depth --config configs/demo.yaml
+python cli.py train --config configs/demo.yaml "$@"
+python cli.py evaluate --config configs/demo.yaml --checkpoint runs/demo "$@"
