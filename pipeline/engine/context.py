@@ -99,8 +99,11 @@ def train_loader(dataset, cfg: Config, dist: DistInfo, batch_size: int, start_it
 
     sampler = ResumableBatchSampler(len(dataset), batch_size, cfg.train.seed + seed_offset, start_iter,
                                     dist.rank, dist.world_size)
+    # its own generator: creating the iterator must not draw from the global RNG, which a resumed
+    # run has just restored for the model's own sampling (points, etc.)
     return DataLoader(SeededDataset(dataset), batch_sampler=sampler, collate_fn=collate,
-                      num_workers=cfg.data.num_workers, persistent_workers=cfg.data.num_workers > 0)
+                      num_workers=cfg.data.num_workers, persistent_workers=cfg.data.num_workers > 0,
+                      generator=torch.Generator().manual_seed(cfg.train.seed + seed_offset))
 
 
 def check_finite(losses: dict[str, torch.Tensor], iteration: int, out_dir: Path) -> None:
@@ -108,7 +111,7 @@ def check_finite(losses: dict[str, torch.Tensor], iteration: int, out_dir: Path)
     if not torch.isfinite(total):
         from pipeline.engine.checkpoint import last_checkpoint
 
-        bad = {k: float(v) for k, v in losses.items() if not torch.isfinite(v)}
+        bad = {k: float(v.detach()) for k, v in losses.items() if not torch.isfinite(v)}
         last = last_checkpoint(out_dir)
         raise NonFiniteLoss(
             f"non-finite loss at iteration {iteration}: {bad}; stopped without saving. "
