@@ -64,7 +64,8 @@ def _estimator_fields(cfg: EstimatorConfig) -> dict[str, Any]:
 
 
 def _canonical_dir(path: str) -> str:
-    return path if "://" in path else os.path.abspath(path)
+    # resolved, so a symlinked or relative spelling of the same folder finds the same cache
+    return path if "://" in path else os.path.realpath(path)
 
 
 def key_fields(estimator_cfg: EstimatorConfig, cache_cfg: CacheConfig) -> dict[str, Any]:
