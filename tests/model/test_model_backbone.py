@@ -1,0 +1,63 @@
+"""timm backbone: levels, channels, strides, local weights and clear errors."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+
+from pipeline.model.backbone import Backbone
+
+
+def test_resnet18_levels_channels_and_strides():
+    bb = Backbone("resnet18")
+    assert bb.channels == {"res2": 64, "res3": 128, "res4": 256, "res5": 512}
+    assert bb.strides == {"res2": 4, "res3": 8, "res4": 16, "res5": 32}
+    feats = bb(torch.randn(1, 3, 64, 96))
+    for level, f in feats.items():
+        s = bb.strides[level]
+        assert f.shape == (1, bb.channels[level], 64 // s, 96 // s)
+
+
+def test_other_timm_family_by_name():
+    bb = Backbone("convnext_atto")  # four-stage model whose feature wrapper renames modules
+    feats = bb(torch.randn(1, 3, 64, 64))
+    assert {k: v.shape[1] for k, v in feats.items()} == bb.channels
+    assert feats["res2"].shape[-1] == 16 and feats["res5"].shape[-1] == 2
+
+
+def test_unknown_name_lists_close_names():
+    with pytest.raises(ValueError, match="resnet18") as err:
+        Backbone("resnet181")
+    assert "unknown timm backbone" in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "convnext_atto"])
+def test_loads_local_timm_checkpoint(tmp_path, name):
+    full = timm.create_model(name, pretrained=False)
+    path = tmp_path / "w.pth"
+    torch.save(full.state_dict(), path)
+    bb = Backbone(name, weights=str(path))
+    own = bb.body.state_dict()
+    src = full.state_dict()
+    # every backbone tensor came from the file (the classifier head is ignored)
+    first = next(k for k in own if k.endswith("weight") and own[k].dim() == 4)
+    src_key = first if first in src else first.split(".")[0].replace("_", ".") + "." + first.split(".", 1)[1]
+    assert torch.equal(own[first], src[src_key])
+    assert all(torch.equal(v, src[k]) for k, v in own.items() if k in src)
+
+
+def test_mismatched_checkpoint_names_the_file(tmp_path):
+    path = tmp_path / "r34.pth"
+    torch.save({"state_dict": timm.create_model("resnet34", pretrained=False).state_dict()}, path)
+    with pytest.raises(ValueError, match="r34.pth.*do not fit"):
+        Backbone("resnet50", weights=str(path))
+
+
+def test_corrupt_or_missing_checkpoint(tmp_path):
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="bad.pth"):
+        Backbone("resnet18", weights=str(bad))
+    with pytest.raises(FileNotFoundError, match="nope.pth"):
+        Backbone("resnet18", weights=str(tmp_path / "nope.pth"))

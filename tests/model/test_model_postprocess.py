@@ -1,0 +1,53 @@
+"""Instance inference: top-k pairs, bilinear upsampling, crop of the padding, resize, scores, boxes."""
+
+from __future__ import annotations
+
+import torch
+
+from pipeline.model.postprocess import masks_to_boxes, postprocess
+
+
+def _logits_for(mask_hw: torch.Tensor) -> torch.Tensor:
+    """Mask logits at stride 4 (+8 inside, -8 outside) from a (h, w) cell mask."""
+    return mask_hw.float() * 16 - 8
+
+
+def test_recovers_instances_cropped_and_resized_to_the_original_size():
+    # padded input 64x64 (16x16 cells), valid 48x40 (12 x 10 cells), original image 96x80 (x2)
+    cells = torch.zeros(3, 16, 16, dtype=torch.bool)
+    cells[0, 0:6, 0:5] = True  # top-left block: pixels [0, 24) x [0, 20)
+    cells[1, 6:12, 5:10] = True  # bottom-right of the valid area: pixels [24, 48) x [20, 40)
+    logits = torch.full((1, 3, 4), -10.0)
+    logits[0, 0, 1] = 10.0  # query 0: class 1, confident
+    logits[0, 1, 2] = 8.0  # query 1: class 2
+    outputs = {"pred_logits": logits, "pred_masks": _logits_for(cells)[None]}
+    (res,) = postprocess(outputs, [(48, 40)], [(96, 80)], max_det=5)
+    assert res["masks"].shape == (5, 96, 80) and res["masks"].dtype == torch.bool
+    assert res["labels"].dtype == torch.int64
+    assert res["labels"][:2].tolist() == [1, 2]
+    assert res["scores"][0] > res["scores"][1] > res["scores"][2]
+    assert torch.all(res["scores"][:-1] >= res["scores"][1:])
+    # the boundary at the cell edge lands (within the bilinear half-cell) at twice the pixel coordinate
+    want0 = torch.zeros(96, 80, dtype=torch.bool)
+    want0[:48, :40] = True
+    want1 = torch.zeros(96, 80, dtype=torch.bool)
+    want1[48:, 40:] = True
+    for got, want in ((res["masks"][0], want0), (res["masks"][1], want1)):
+        iou = (got & want).sum() / (got | want).sum()
+        assert iou > 0.95
+    torch.testing.assert_close(res["boxes"][0], torch.tensor([0.0, 0.0, 40.0, 48.0]), atol=2, rtol=0)
+    torch.testing.assert_close(res["boxes"][1], torch.tensor([40.0, 48.0, 80.0, 96.0]), atol=2, rtol=0)
+
+
+def test_a_query_can_be_kept_with_two_classes_and_max_det_caps():
+    logits = torch.tensor([[[3.0, 3.0, -5.0], [-5.0, -5.0, 5.0]]])  # query 0 torn between classes 0 and 1
+    masks = torch.full((1, 2, 4, 4), 5.0)
+    (res,) = postprocess({"pred_logits": logits, "pred_masks": masks}, [(16, 16)], [(16, 16)], max_det=2)
+    assert sorted(res["labels"].tolist()) == [0, 1]
+    assert len(res["scores"]) == 2
+
+
+def test_masks_to_boxes_handles_empty_masks():
+    m = torch.zeros(2, 5, 6, dtype=torch.bool)
+    m[1, 1:3, 2:5] = True
+    torch.testing.assert_close(masks_to_boxes(m), torch.tensor([[0.0, 0, 0, 0], [2, 1, 5, 3]]))
