@@ -20,7 +20,7 @@ LEVEL_STRIDES = {"res2": 4, "res3": 8, "res4": 16, "res5": 32}
 
 def _check_name(name: str) -> None:
     names = timm.list_models()
-    if name not in names:
+    if name.split(".")[0] not in names:  # "resnet50.a1_in1k": a pretrained tag names the architecture too
         close = difflib.get_close_matches(name, names, n=8, cutoff=0.6)
         hint = f"; close names: {', '.join(close)}" if close else ""
         raise ValueError(f"unknown timm backbone {name!r}{hint}")

@@ -24,6 +24,7 @@ def test_other_timm_family_by_name():
     feats = bb(torch.randn(1, 3, 64, 64))
     assert {k: v.shape[1] for k, v in feats.items()} == bb.channels
     assert feats["res2"].shape[-1] == 16 and feats["res5"].shape[-1] == 2
+    assert Backbone("resnet18.a1_in1k").channels["res5"] == 512  # a pretrained tag (nothing is downloaded)
 
 
 def test_unknown_name_lists_close_names():
