@@ -44,7 +44,13 @@ class DepthProvider:
 
 def needed_levels(cfg: Config) -> list[str]:
     """Feature levels the model reads (Depth Fusion sources)."""
-    if not cfg.model.depth_fusion.enabled or cfg.depth.mode == "none":
+    if cfg.model.depth_fusion.enabled and cfg.depth.mode == "none":
+        raise ValueError("model.depth_fusion.enabled needs depth: set depth.mode to cache or online, "
+                         "or model.depth_fusion.enabled=false")
+    if cfg.semi.enabled and cfg.semi.depth_pseudo_labels and cfg.depth.mode == "none":
+        raise ValueError("semi.depth_pseudo_labels needs depth maps: set depth.mode to cache or online, "
+                         "or semi.depth_pseudo_labels=false")
+    if not cfg.model.depth_fusion.enabled:
         return []
     return sorted(set(cfg.model.depth_fusion.sources.values()))
 
