@@ -310,6 +310,35 @@ def evaluate_cmd(config: str | None, checkpoint: str, which: str, out_dir: str |
         raise click.ClickException(_message(err)) from err
 
 
+@main.command("predict")
+@click.option("--config", type=click.Path(exists=True, dir_okay=False), help=CONFIG_HELP)
+@click.option("--checkpoint", required=True, type=click.Path(exists=True),
+              help="Checkpoint file, or a run folder (its last checkpoint).")
+@click.option("--images", "inputs", required=True, multiple=True, type=click.Path(exists=True),
+              help="Image files or folders; repeatable.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
+@click.option("--which", type=click.Choice(["auto", "model", "teacher"]), default="auto", show_default=True)
+@click.option("--score-threshold", default=0.5, show_default=True, help="Draw instances scoring at least this.")
+@click.argument("overrides", nargs=-1)
+def predict_cmd(config: str | None, checkpoint: str, inputs: tuple[str, ...], out_dir: str, which: str,
+                score_threshold: float, overrides: tuple[str, ...]) -> None:
+    """Segment new images (running the depth source on them) and draw the masks to PNG files."""
+    from pipeline.engine.checkpoint import last_checkpoint
+    from pipeline.engine.predict import predict_images
+
+    cfg = _load(config, overrides)
+    try:
+        if Path(checkpoint).is_dir():
+            found = last_checkpoint(checkpoint)
+            if found is None:
+                raise FileNotFoundError(f"{checkpoint}: run folder without a checkpoint ('last_checkpoint' missing)")
+            checkpoint = str(found)
+        written = predict_images(cfg, checkpoint, [Path(p) for p in inputs], Path(out_dir), which, score_threshold)
+    except _user_errors() as err:
+        raise click.ClickException(_message(err)) from err
+    click.echo(f"wrote {len(written)} pictures and predictions.json to {out_dir}")
+
+
 # ---------------------------------------------------------------- benchmarks
 # (command group: bench)
 
@@ -331,6 +360,37 @@ def bench_cache_cmd(images: int, input_size: int, reads: int, device: str, vits:
     from bench.bench_cache import run_bench
 
     run_bench(images=images, input_size=input_size, reads=reads, device=device, vits=vits, work_dir=work_dir)
+
+
+@bench_group.command("fusion")
+@click.option("--backbone", default="resnet18", show_default=True)
+@click.option("--image-size", default=128, show_default=True)
+@click.option("--batch-size", default=8, show_default=True)
+@click.option("--steps", default=10, show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+def bench_fusion_cmd(backbone: str, image_size: int, batch_size: int, steps: int, device: str) -> None:
+    """Segmenter step time with Depth Fusion (precomputed features) / without depth."""
+    from bench.bench_fusion import run_bench
+
+    run_bench(backbone=backbone, image_size=image_size, batch_size=batch_size, steps=steps, device=device)
+
+
+@bench_group.command("step")
+@click.option("--steps", default=20, show_default=True, help="Timed steps per mode.")
+@click.option("--image-size", default=128, show_default=True)
+@click.option("--batch-size", default=8, show_default=True)
+@click.option("--estimator", default="tiny", show_default=True, help="tiny, or depth-anything-v2-* with --weights.")
+@click.option("--weights", type=click.Path(exists=True, dir_okay=False))
+@click.option("--input-size", default=126, show_default=True, help="Estimator input short side.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--work-dir", type=click.Path(file_okay=False), help="Scratch folder (default: a temp dir).")
+def bench_step_cmd(steps: int, image_size: int, batch_size: int, estimator: str, weights: str | None,
+                   input_size: int, device: str, work_dir: str | None) -> None:
+    """Training-step time with cached depth, online depth and no depth (the real loop), as ratios."""
+    from bench.bench_step import run_bench
+
+    run_bench(steps=steps, image_size=image_size, batch_size=batch_size, estimator=estimator, weights=weights,
+              input_size=input_size, device=device, work_dir=work_dir)
 
 if __name__ == "__main__":
     sys.exit(main())
