@@ -5,7 +5,7 @@
 # Extra arguments are config overrides for training, e.g. `bash scripts/demo.sh train.max_iter=100`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python cli.py make-synthetic --out data/synthetic --num-train 400 --num-val 100
+python cli.py make-synthetic --out data/synthetic --num-train 2000 --num-val 200
 python cli.py make-splits --ann data/synthetic/annotations/train.json --out data/synthetic/splits --percents 1,5,10
 python cli.py precompute-depth --config configs/demo.yaml
 python cli.py train --config configs/demo.yaml "$@"

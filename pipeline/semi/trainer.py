@@ -186,6 +186,6 @@ def train_semi(cfg: Config, resume: bool = False) -> dict:
         if (cfg.train.eval_period > 0 and step % cfg.train.eval_period == 0) or step == cfg.train.max_iter:
             # the teacher is the model that is kept and reported in stage B (as in GD)
             metrics = periodic_eval(ctx, teacher if in_b else ctx.model, step)
-            if in_b:
+            if in_b and step == cfg.train.max_iter:
                 periodic_eval(ctx, ctx.model, step, prefix="student")
     return metrics

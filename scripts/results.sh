@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# The results table of the README on the generated RGB-D dataset (CPU, 1 thread per run, two runs
+# at a time on two cores). Usage: bash scripts/results.sh PCT [PCT ...]   (default: 5)
+# Rows: supervised-only (RGB), teacher-student RGB-only, + Depth Fusion, + depth pseudo-labels
+# (constant w = 0.5), + Depth Controller (the full method). Budgets are equal: every row trains
+# 1000 iterations (semi-supervised: 600 teacher + 400 student), batch 8 labelled (+ 8 unlabelled).
+# Each run ends with `cli.py evaluate` on the val split (eval.json in the run folder).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export OMP_NUM_THREADS=1
+OUT=${OUT:-runs/results}
+COMMON="train.eval_period=100 train.checkpoint_period=100 train.log_period=20 data.num_workers=1"
+NODEPTH="depth.mode=none model.depth_fusion.enabled=false semi.depth_pseudo_labels=false"
+
+run() {  # run NAME OVERRIDES...: train, then evaluate its last checkpoint
+  local name=$1; shift
+  if [ -f "$OUT/$name/eval/metrics.json" ]; then echo "skip $name (done)"; return; fi
+  local resume=""; [ -f "$OUT/$name/last_checkpoint" ] && resume="--resume"
+  python cli.py train --config configs/demo.yaml $resume "train.output_dir=$OUT/$name" $COMMON "$@" \
+    > "$OUT/$name.log" 2>&1
+  python cli.py evaluate --config configs/demo.yaml --checkpoint "$OUT/$name" --out "$OUT/$name/eval" \
+    "train.output_dir=$OUT/$name" $COMMON "$@" >> "$OUT/$name.log" 2>&1
+  echo "done $name: $(python -c "import json;print(round(json.load(open('$OUT/$name/eval/metrics.json'))['AP'],2))")"
+}
+
+table() {  # table PCT: the five rows for one label percentage, on two parallel queues
+  local p=$1
+  local split="data.train_json=data/synthetic/splits/train_${p}pct_seed0_labeled.json \
+data.unlabeled_list=data/synthetic/splits/train_${p}pct_seed0_unlabeled.json"
+  local teacher="semi.teacher_checkpoint=$OUT/A_2view_$p/model_0000600.pth train.max_iter=400"
+  (
+    run "A_rgb_$p" $split semi.enabled=false $NODEPTH train.max_iter=600
+    run "B_rgb_$p" $split $NODEPTH "semi.teacher_checkpoint=$OUT/A_rgb_$p/model_0000600.pth" train.max_iter=400
+    run "A_2view_$p" $split semi.teacher_iters=600 train.max_iter=600
+    run "B_full_$p" $split $teacher
+  ) &
+  (
+    run "A_df_$p" $split semi.enabled=false train.max_iter=600
+    run "B_df_$p" $split semi.depth_pseudo_labels=false "semi.teacher_checkpoint=$OUT/A_df_$p/model_0000600.pth" \
+      train.max_iter=400
+    run "sup_rgb_$p" $split semi.enabled=false $NODEPTH train.max_iter=1000
+    while [ ! -f "$OUT/A_2view_$p/model_0000600.pth" ]; do sleep 20; done
+    run "B_depthpl_$p" $split $teacher semi.controller.kind=constant
+  ) &
+  wait
+}
+
+mkdir -p "$OUT"
+for p in "${@:-5}"; do table "$p"; done
