@@ -323,16 +323,10 @@ def evaluate_cmd(config: str | None, checkpoint: str, which: str, out_dir: str |
 def predict_cmd(config: str | None, checkpoint: str, inputs: tuple[str, ...], out_dir: str, which: str,
                 score_threshold: float, overrides: tuple[str, ...]) -> None:
     """Segment new images (running the depth source on them) and draw the masks to PNG files."""
-    from pipeline.engine.checkpoint import last_checkpoint
     from pipeline.engine.predict import predict_images
 
     cfg = _load(config, overrides)
     try:
-        if Path(checkpoint).is_dir():
-            found = last_checkpoint(checkpoint)
-            if found is None:
-                raise FileNotFoundError(f"{checkpoint}: run folder without a checkpoint ('last_checkpoint' missing)")
-            checkpoint = str(found)
         written = predict_images(cfg, checkpoint, [Path(p) for p in inputs], Path(out_dir), which, score_threshold)
     except _user_errors() as err:
         raise click.ClickException(_message(err)) from err

@@ -55,6 +55,17 @@ def last_checkpoint(out_dir: str | Path) -> Path | None:
     return path if path.is_file() else None
 
 
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file as given, or a run folder's last checkpoint."""
+    path = Path(path)
+    if path.is_dir():
+        found = last_checkpoint(path)
+        if found is None:
+            raise CheckpointError(f"{path}: run folder without a checkpoint ('{LAST}' missing)")
+        return found
+    return path
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():

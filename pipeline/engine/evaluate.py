@@ -7,7 +7,7 @@ from pathlib import Path
 from torch.utils.data import DataLoader
 
 from pipeline.config import Config
-from pipeline.engine.checkpoint import last_checkpoint, load_checkpoint, load_model_state
+from pipeline.engine.checkpoint import load_checkpoint, load_model_state, resolve_checkpoint
 from pipeline.engine.depth_source import build_provider, open_reader
 from pipeline.engine.distributed import pick_device
 from pipeline.engine.inference import predict_loader
@@ -26,11 +26,7 @@ def evaluate_checkpoint(cfg: Config, checkpoint: str | Path, out_dir: str | Path
     from pipeline.model.build import build_model
 
     device = pick_device(cfg.train.device)
-    if Path(checkpoint).is_dir():  # a run folder: its last checkpoint
-        found = last_checkpoint(checkpoint)
-        if found is None:
-            raise FileNotFoundError(f"{checkpoint}: run folder without a checkpoint ('last_checkpoint' missing)")
-        checkpoint = found
+    checkpoint = resolve_checkpoint(checkpoint)
     ckpt = load_checkpoint(checkpoint)
     key = which if which != "auto" else ("teacher" if "teacher" in ckpt else "model")
     if key not in ckpt:

@@ -14,7 +14,7 @@ import torch
 from tqdm import tqdm
 
 from pipeline.config import Config
-from pipeline.engine.checkpoint import load_checkpoint, load_model_state
+from pipeline.engine.checkpoint import load_checkpoint, load_model_state, resolve_checkpoint
 from pipeline.engine.depth_source import needed_levels
 from pipeline.engine.distributed import pick_device
 
@@ -61,7 +61,9 @@ class ImageDepth:
 @torch.no_grad()
 def predict_images(cfg: Config, checkpoint: str | Path, inputs: list[Path], out_dir: Path,
                    which: str = "auto", score_threshold: float = 0.5) -> list[Path]:
-    """Write `<stem>.png` (masks drawn over the image) and `predictions.json` into `out_dir`."""
+    """Write `<stem>.png` (masks drawn over the image) and `predictions.json` into `out_dir`.
+
+    `checkpoint`: a file, or a run folder (its last checkpoint)."""
     from pipeline.data.collate import collate
     from pipeline.data.dataset import read_image
     from pipeline.data.sample import new_sample
@@ -72,6 +74,7 @@ def predict_images(cfg: Config, checkpoint: str | Path, inputs: list[Path], out_
     from pipeline.model.postprocess import postprocess
 
     device = pick_device(cfg.train.device)
+    checkpoint = resolve_checkpoint(checkpoint)
     ckpt = load_checkpoint(checkpoint)
     key = which if which != "auto" else ("teacher" if "teacher" in ckpt else "model")
     levels = needed_levels(cfg)
