@@ -4,7 +4,9 @@
 # Rows: supervised-only (RGB), teacher-student RGB-only, + Depth Fusion, + depth pseudo-labels
 # (constant w = 0.5), + Depth Controller (the full method). Budgets are equal: every row trains
 # 1000 iterations (semi-supervised: 600 teacher + 400 student), batch 8 labelled (+ 8 unlabelled).
-# Each run ends with `cli.py evaluate` on the val split (eval.json in the run folder).
+# Each run ends with `cli.py evaluate` on the val split (eval/metrics.json in the run folder).
+# `bash scripts/results.sh --supervised PCT ...`: only the supervised baselines with and without
+# Depth Fusion (600 iterations), e.g. for 100 % labels.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=1
@@ -45,5 +47,18 @@ data.unlabeled_list=data/synthetic/splits/train_${p}pct_seed0_unlabeled.json"
   wait
 }
 
+supervised() {  # supervised PCT: the baselines with and without Depth Fusion, in parallel
+  local p=$1
+  local split="data.train_json=data/synthetic/splits/train_${p}pct_seed0_labeled.json"
+  run "A_rgb_$p" $split semi.enabled=false $NODEPTH train.max_iter=600 &
+  run "A_df_$p" $split semi.enabled=false train.max_iter=600 &
+  wait
+}
+
 mkdir -p "$OUT"
-for p in "${@:-5}"; do table "$p"; done
+if [ "${1:-}" = "--supervised" ]; then
+  shift
+  for p in "$@"; do supervised "$p"; done
+else
+  for p in "${@:-5}"; do table "$p"; done
+fi

@@ -1,0 +1,35 @@
+"""Overlay validation AP (and the controller weight) of several runs: the README's convergence plot.
+
+python scripts/plot_runs.py OUT.png LABEL=RUN_DIR[:OFFSET] ...   (OFFSET shifts a run's iterations,
+e.g. 600 for a stage-B run started from a 600-iteration teacher)
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from pipeline.evaluation.pil_plot import Panel, render_panels
+from pipeline.evaluation.visualize import read_log
+
+
+def main(argv: list[str]) -> None:
+    out, specs = Path(argv[0]), argv[1:]
+    ap, weight = Panel("validation mask AP (%) of the evaluated model"), Panel("Depth Controller weight w")
+    for spec in specs:
+        label, _, rest = spec.partition("=")
+        run, _, offset = rest.partition(":")
+        shift = int(offset or 0)
+        rows = read_log(Path(run) / "metrics.jsonl")
+        pts = [(r["iter"] + shift, r["val/AP"]) for r in rows if r.get("val/AP") is not None]
+        if pts:
+            ap.series[label] = ([x for x, _ in pts], [y for _, y in pts])
+        ws = [(r["iter"] + shift, r["controller/weight"]) for r in rows if r.get("controller/weight") is not None]
+        if ws and len({w for _, w in ws}) > 1:
+            weight.series[label] = ([x for x, _ in ws], [y for _, y in ws])
+    render_panels([ap, weight] if weight.series else [ap], out)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
