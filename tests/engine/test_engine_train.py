@@ -96,3 +96,14 @@ def test_refuses_a_cache_made_by_other_settings(tiny_cache, tiny_config, tmp_pat
     cfg = tiny_config(tiny_cache, tmp_path / "run", "train.max_iter=1", "depth.cache.dtype=int8")
     with pytest.raises(CacheKeyMismatchError, match="dtype"):
         train(cfg)
+
+
+def test_teacher_checkpoint_of_another_architecture_is_refused(tiny_cache, tiny_config, tmp_path):
+    from pipeline.engine.checkpoint import CheckpointError
+
+    teacher_run = tmp_path / "teacher"
+    train(tiny_config(tiny_cache, teacher_run, "train.max_iter=1", "model.num_queries=4"))
+    cfg = tiny_config(tiny_cache, tmp_path / "student", "train.max_iter=1", "semi.enabled=true",
+                      f"semi.teacher_checkpoint={teacher_run}/model_0000001.pth")
+    with pytest.raises(CheckpointError, match=r"model_0000001\.pth.*(shape mismatch|missing).*query"):
+        train(cfg)
