@@ -2,7 +2,8 @@
 
 Verify reads every finished shard through zarr itself (independent of the fast reader), re-checks
 the per-shard checksums recorded at write time, checks every entry is finite and fits its
-geometry, and checks the fast reader returns the same tensors as zarr.
+geometry, and checks the fast reader returns the same tensors as zarr (the flipped views of a
+flip_views cache included: same extents as their maps, and returned as `CacheEntry.flipped`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from tqdm import tqdm
 from depth_cache.entry import dequantise_int8
 from depth_cache.geometry import Geometry
 from depth_cache.reader import CacheReader, list_caches
-from depth_cache.store import REPORT_FILE, CacheStore, array_path, checksum
+from depth_cache.store import FLIP_SUFFIX, REPORT_FILE, CacheStore, array_path, checksum, flip_name, is_flip_name
 
 
 def _du(store: CacheStore, sub: str = "") -> int:
@@ -24,6 +25,11 @@ def _du(store: CacheStore, sub: str = "") -> int:
         return int(store.fs.du(f"{store.path}/{sub}".rstrip("/"), total=True))
     except FileNotFoundError:
         return 0
+
+
+def _levels(manifest: dict[str, Any]) -> list[str]:
+    """The stored feature levels (not depth, not the flipped views)."""
+    return [n for n in manifest["map_names"][1:] if not is_flip_name(n)]
 
 
 def list_summaries(root: str) -> list[dict[str, Any]]:
@@ -36,14 +42,15 @@ def list_summaries(root: str) -> list[dict[str, Any]]:
         failed = {i for m in markers.values() for i in m.get("failed", {})} - done
         rows.append({
             "key": key, "estimator": manifest["fields"].get("estimator"), "images": len(done),
-            "failed": len(failed), "levels": manifest["map_names"][1:], "dtype": manifest["storage_dtype"],
-            "bytes": _du(store),
+            "failed": len(failed), "levels": _levels(manifest), "dtype": manifest["storage_dtype"],
+            "flip_views": bool(manifest.get("flip_views", False)), "bytes": _du(store),
         })  # fmt: skip
     return rows
 
 
 def cache_info(root: str, key: str) -> dict[str, Any]:
-    """Images, bytes per image per map (stored on disk, and raw at the image's extent), levels, dtype, source."""
+    """Images, bytes per image per map (stored on disk, and raw at the image's extent; flipped views are
+    maps of their own, `<name>@flip`), levels, dtype, source."""
     store = CacheStore(root, key)
     manifest = store.manifest()
     markers = store.read_markers()
@@ -67,7 +74,8 @@ def cache_info(root: str, key: str) -> dict[str, Any]:
     failed = {i: why for m in markers.values() for i, why in m.get("failed", {}).items() if i not in done}
     return {
         "key": key, "root": root, "images": len(images), "shards": len(markers), "shard_size": manifest["shard_size"],
-        "failed": failed, "levels": names[1:], "dtype": manifest["storage_dtype"], "canvas": manifest["canvas"],
+        "failed": failed, "levels": _levels(manifest), "flip_views": bool(manifest.get("flip_views", False)),
+        "dtype": manifest["storage_dtype"], "canvas": manifest["canvas"],
         "fields": manifest["fields"], "source": manifest.get("source", {}), "maps": per_map,
         "total_bytes": _du(store), "report_images": report.get("images"),
     }  # fmt: skip
@@ -120,6 +128,8 @@ def verify_cache(root: str, key: str, progress: bool = True) -> VerifyResult:
 def _check_entry(image_id, s, geo, blocks, manifest, int8, reader, slot) -> list[str]:
     problems, maps = [], {}
     for n in manifest["map_names"]:
+        if is_flip_name(n) and geo.extents[n] != geo.extents[n.removesuffix(FLIP_SUFFIX)]:
+            problems.append(f"image {image_id}: {n} extent {geo.extents[n]} differs from its unflipped map's")
         block = blocks.get(array_path(n))
         if block is None:
             return problems
@@ -144,6 +154,10 @@ def _check_entry(image_id, s, geo, blocks, manifest, int8, reader, slot) -> list
     except Exception as err:
         return problems + [f"image {image_id}: reader failed ({type(err).__name__}: {err})"]
     got = {"depth": entry.depth, **entry.features}
+    if entry.flipped is not None:
+        got.update({flip_name(k): v for k, v in {"depth": entry.flipped.depth, **entry.flipped.features}.items()})
+    elif manifest.get("flip_views", False):
+        return problems + [f"image {image_id}: the reader returned no flipped view"]
     for n, want in maps.items():
         if tuple(got[n].shape) != want.shape or not np.allclose(got[n].numpy(), want.astype(np.float32)):
             problems.append(f"image {image_id}: fast reader disagrees with zarr on {n}")

@@ -36,6 +36,10 @@ class CacheConfig:
     shard_size: int = 64  # images per shard file (the unit of write ownership)
     batch_size: int = 8  # images per estimator call in precompute
     num_workers: int = 2  # image-decoding DataLoader workers in precompute
+    # also store the maps of the horizontally flipped image (`maps/<name>@flip`): a network is not
+    # flip-equivariant, so flipping the cached maps only approximates them; costs 2x precompute time
+    # and bytes. Network sources only (a flip of `files` maps is exact).
+    flip_views: bool = False
 
 
 @dataclass

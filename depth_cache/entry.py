@@ -8,6 +8,7 @@ keeps one scale per channel (symmetric, max |x| / 127), so each channel loses at
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 import torch
@@ -19,11 +20,14 @@ from depth_cache.geometry import grid_for_stride
 @dataclass
 class CacheEntry:
     """depth: (1, h, w) float32 in [0, 1] (1 = nearest); features: name -> (C, h', w') float32;
-    every map covers exactly the original image of size `orig_size` (H, W), at its own resolution."""
+    every map covers exactly the original image of size `orig_size` (H, W), at its own resolution.
+    flipped (caches with flip_views): the entry of the image mirrored left-right, computed by the
+    source on that image; same shapes, in the mirrored image's coordinates; else None."""
 
     depth: torch.Tensor
     features: dict[str, torch.Tensor] = field(default_factory=dict)
     orig_size: tuple[int, int] = (0, 0)
+    flipped: Optional[CacheEntry] = None
 
 
 def normalise_depth(depth: torch.Tensor, valid: torch.Tensor | None = None, low: float = 0.02) -> torch.Tensor:

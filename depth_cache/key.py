@@ -3,8 +3,9 @@
 The key fields are computed from the configs alone (no estimator is built): the estimator's name
 and weights (sha256 of the file; seed and configuration for `tiny`; folder and kind for `files`),
 the preprocessing (input size, canvas aspect), the stored levels and dtype, the stored depth
-resolution and the storage format version. Storage details that do not change a stored value
-(shard size, batch size, precision of the matmuls) are recorded in the manifest, not keyed.
+resolution, whether the flipped views are stored, and the storage format version. Storage
+details that do not change a stored value (shard size, batch size, precision of the matmuls)
+are recorded in the manifest, not keyed.
 The key reads `<estimator>-<16 hex digits>`, e.g. `tiny-3f2a09c1d4e5b6a7`.
 """
 
@@ -80,6 +81,14 @@ def key_fields(estimator_cfg: EstimatorConfig, cache_cfg: CacheConfig) -> dict[s
         "depth_stride": int(cache_cfg.depth_stride),
         "normalisation": NORMALISATION,
     }
+    if cache_cfg.flip_views:
+        if estimator_cfg.name == "files":
+            raise ValueError(
+                "depth.cache.flip_views is for network estimators: a flip of `files` maps is exact "
+                "(stage two flips the cached maps), so storing the flipped view would only double the cache"
+            )
+        # keyed only when on, so the keys of caches made before the option existed stay valid
+        fields["flip_views"] = True
     fields.update(_estimator_fields(estimator_cfg))
     return fields
 

@@ -7,6 +7,8 @@ processes ever write one shard. Images are decoded in DataLoader workers, comput
 and each full shard is handed to a writer thread that writes it once and then its marker.
 Killing the job loses at most the shards in flight; the next run recomputes only those. An
 image that cannot be read is recorded in its shard's marker and the report, and skipped.
+With `flip_views`, every image also goes through the source mirrored left-right, in the same
+batch call, and those maps are stored as `<name>@flip` with the same geometry.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from depth_cache.entry import quantise_int8
 from depth_cache.geometry import Canvas, Geometry, fit_frame, make_canvas
 from depth_cache.images import ImageRecord, LoadDataset
 from depth_cache.key import CANVAS_ASPECT, cache_key, diff_fields, key_fields
-from depth_cache.store import REPORT_FILE, CacheError, CacheStore, array_path, checksum
+from depth_cache.store import FLIP_SUFFIX, REPORT_FILE, CacheError, CacheStore, array_path, checksum, flip_name
 
 FP16_MAX = 65504.0
 
@@ -68,7 +70,7 @@ class PrecomputeResult:
     already_done: int = 0  # images found finished (all processes see the same number)
     skipped_failed: int = 0  # images that failed in an earlier run (retry with retry_failed)
     shards: list[int] = field(default_factory=list)  # shards this process wrote
-    calls: int = 0  # images that went through the depth source
+    calls: int = 0  # images that went through the depth source (twice per image with flip_views)
     seconds: float = 0.0
 
     @property
@@ -82,6 +84,9 @@ def build_manifest(key: str, fields: dict, runner, cache_cfg: CacheConfig, canva
     missing = [n for n in cache_cfg.levels if n not in shapes]
     if missing:
         raise ValueError(f"the source does not produce levels {missing}; it gives {runner.levels}")
+    if cache_cfg.flip_views:  # the mirrored image has the same geometry: same arrays, same canvas
+        names += [flip_name(n) for n in names]
+        shapes.update({n: shapes[n.removesuffix(FLIP_SUFFIX)] for n in names})
     return {
         "key": key,
         "fields": fields,
@@ -89,6 +94,7 @@ def build_manifest(key: str, fields: dict, runner, cache_cfg: CacheConfig, canva
         "storage_dtype": cache_cfg.dtype,
         "canvas": [canvas.short, canvas.long],
         "map_names": names,
+        "flip_views": bool(cache_cfg.flip_views),
         "maps": {n: {"channels": int(shapes[n][0]), "grid": [int(shapes[n][1]), int(shapes[n][2])]} for n in names},
         "source": runner.describe(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -210,6 +216,17 @@ def precompute(records: list[ImageRecord], runner, fields: dict, cache_cfg: Cach
     """Compute and store every image of `records` that the cache (key from `fields`) lacks."""
     dist = dist or DistInfo()
     t0 = time.perf_counter()
+    if cache_cfg.flip_views and getattr(runner, "flip_exact", False):
+        raise ValueError(
+            "flip_views is for network estimators: a flip of this source's maps is exact (stage two flips "
+            "the cached maps), so storing the flipped view would only double the cache"
+        )
+    if bool(fields.get("flip_views", False)) != bool(cache_cfg.flip_views):
+        # the key must say whether the flipped views are stored (key.key_fields does)
+        raise ValueError(
+            f"cache fields say flip_views={bool(fields.get('flip_views', False))}, the cache config says "
+            f"{cache_cfg.flip_views}"
+        )
     key = cache_key(fields)
     store = CacheStore(cache_cfg.root, key)
     canvas = make_canvas(runner.short_side, CANVAS_ASPECT, runner.multiple_of)
@@ -257,7 +274,14 @@ def _flush(items, runner, manifest, canvas_fit, writer, result, rank, bar) -> No
         orig = runner.input_size(it["input"])
         frame, transposed = fit_frame(runner.natural_frame(orig), canvas, multiple_of)
         it["geometry"] = (orig, frame, transposed)
-    maps = runner.run([i["input"] for i in ok], [i["geometry"][1] for i in ok]) if ok else []
+    inputs, frames = [i["input"] for i in ok], [i["geometry"][1] for i in ok]
+    if ok and manifest.get("flip_views", False):
+        # the mirrored decoded image (what a flipped file would give), in the same call so batches stay full
+        both = runner.run(inputs + [x.flip(-1) for x in inputs], frames + frames)
+        plain, mirrored = both[: len(ok)], both[len(ok) :]
+        maps = [{**a, **{flip_name(k): v for k, v in b.items()}} for a, b in zip(plain, mirrored, strict=True)]
+    else:
+        maps = runner.run(inputs, frames) if ok else []
     for it, m in zip(ok, maps, strict=True):
         orig, frame, transposed = it["geometry"]
         extents = {n: tuple(int(s) for s in t.shape[-2:]) for n, t in m.items()}

@@ -3,7 +3,8 @@
 `open_cache` recomputes the key from the configs and refuses a cache whose key differs, naming
 the fields that differ from the closest cache under the root. The reader is picklable and opens
 lazily in each process (DataLoader workers); it reads each image's chunks directly
-(`chunks.ShardChunkReader`) and returns every map cropped to the image's extent.
+(`chunks.ShardChunkReader`) and returns every map cropped to the image's extent; a cache with
+flip_views also gives the flipped image's maps (`CacheEntry.flipped`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from depth_cache.config import CacheConfig, EstimatorConfig
 from depth_cache.entry import CacheEntry, dequantise_int8
 from depth_cache.geometry import Geometry
 from depth_cache.key import cache_key, diff_fields, key_fields
-from depth_cache.store import CacheError, CacheStore, array_path, split_root
+from depth_cache.store import FLIP_SUFFIX, CacheError, CacheStore, array_path, is_flip_name, split_root
 
 
 class MissingEntryError(KeyError):
@@ -120,7 +121,12 @@ class CacheReader:
 
     @property
     def levels(self) -> list[str]:
-        return [n for n in self._open()["names"] if n != "depth"]
+        return [n for n in self._open()["names"] if n != "depth" and not is_flip_name(n)]
+
+    @property
+    def flip_views(self) -> bool:
+        """Whether entries carry the maps of the flipped image (`CacheEntry.flipped`)."""
+        return bool(self.manifest.get("flip_views", False))
 
     def feature_channels(self) -> dict[str, int]:
         """name -> channels of each stored feature level (what a model needs to size its inputs)."""
@@ -156,7 +162,8 @@ class CacheReader:
             ) from None
 
     def get(self, image_id: str) -> CacheEntry:
-        """depth (1, h, w) and features {name: (C, h', w')} float32, cropped to the image's extent."""
+        """depth (1, h, w) and features {name: (C, h', w')} float32, cropped to the image's extent
+        (and `flipped`, the same for the mirrored image, in flip_views caches)."""
         state = self._open()
         slot, geo_json = self._lookup(image_id)
         geo = Geometry.from_json(geo_json, state["names"])
@@ -171,5 +178,9 @@ class CacheReader:
                 crop = dequantise_int8(crop, state["scales"][name](slot))
             t = torch.from_numpy(np.ascontiguousarray(crop, dtype=np.float32))
             out[name] = t.transpose(-1, -2).contiguous() if geo.transposed else t
+        flip = {n.removesuffix(FLIP_SUFFIX): out.pop(n) for n in list(out) if is_flip_name(n)}
+        flipped = None
+        if flip:
+            flipped = CacheEntry(depth=flip.pop("depth"), features=flip, orig_size=geo.orig_size)
         depth = out.pop("depth")
-        return CacheEntry(depth=depth, features=out, orig_size=geo.orig_size)
+        return CacheEntry(depth=depth, features=out, orig_size=geo.orig_size, flipped=flipped)

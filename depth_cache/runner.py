@@ -74,6 +74,8 @@ class ImageLoader:
 class NetworkRunner:
     """A network estimator in the precompute job."""
 
+    flip_exact = False  # a network is not flip-equivariant: caching the flipped view can matter
+
     def __init__(self, estimator: DepthEstimator, depth_stride: int, device: str = "auto", precision: str = "auto",
                  batch_size: int = 8):  # fmt: skip
         self.device = resolve_device(device)
@@ -147,6 +149,8 @@ class DepthFileLoader:
 
 class FilesRunner:
     """The `files` source in the precompute job: no network; maps larger than the canvas are shrunk."""
+
+    flip_exact = True  # flipping a stored map gives exactly the map of the flipped image
 
     def __init__(self, source: FilesDepth, depth_stride: int, short_side: int):
         self.source, self.depth_stride, self.short_side = source, depth_stride, short_side

@@ -4,6 +4,8 @@
 <root>/<key>/zarr.json            group; attributes["dgseg_cache"] = the manifest (key fields, layout)
 <root>/<key>/maps/<name>/         one array per stored map ("depth", "path_4", ... ):
                                   (slots, C, Gh, Gw), inner chunk = one image, shard = shard_size images
+<root>/<key>/maps/<name>@flip/    flip_views caches: the maps of the horizontally flipped image, same
+                                  shape and geometry (in the flipped image's coordinates)
 <root>/<key>/scales/<name>/       int8 caches only: (slots, C) float32 per-channel scales
 <root>/<key>/shards/<k>.json      done marker of shard k: its images, their geometry, checksums
 <root>/<key>/index.json           all markers merged (written at the end of a job; a fast open)
@@ -48,6 +50,18 @@ def split_root(root: str) -> tuple[fsspec.AbstractFileSystem, str]:
     """Filesystem and path of a cache root: a local path or any fsspec URL (file://, memory://, s3://...)."""
     fs, path = fsspec.core.url_to_fs(root)
     return fs, path.rstrip("/") if path != "/" else path
+
+
+FLIP_SUFFIX = "@flip"
+
+
+def flip_name(name: str) -> str:
+    """The stored name of the flipped view of map `name` (`path_4` -> `path_4@flip`)."""
+    return name + FLIP_SUFFIX
+
+
+def is_flip_name(name: str) -> bool:
+    return name.endswith(FLIP_SUFFIX)
 
 
 def array_path(name: str, scale: bool = False) -> str:
