@@ -4,7 +4,9 @@ The datasets read the depth cache through a reader (any object with `.get(image_
 entry` having `.depth (1, h, w)`, `.features {name: (C, h, w)}`, `.orig_size (H, W)`, and
 `.missing(ids) -> list[str]`, e.g. `depth_cache.reader.CacheReader`) and never build a depth
 estimator. Without a reader (`online` or `none` depth mode) samples carry depth None and no
-features; the engine fills them in the `online` mode.
+features; the engine fills them in the `online` mode. An entry with a `flipped` entry (a
+flip_views cache) also gives the sample the mirrored image's maps (`depth_flip`,
+`features_flip`), which the first transform (`HFlip` / `DropFlipView`) consumes.
 
 Everything that can be checked is checked at construction: annotations and image files
 (`coco.load_coco`), and that the cache covers every image (an error listing the missing ids,
@@ -74,9 +76,10 @@ class _CachedImages(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def _depth(self, rec: dict) -> tuple[Optional[torch.Tensor], dict[str, torch.Tensor]]:
+    def _depth(self, rec: dict) -> dict[str, Any]:
+        """`new_sample` keyword arguments: depth, features and, from a flip_views cache, their mirrored view."""
         if self.reader is None:
-            return None, {}
+            return {}
         entry = self.reader.get(str(rec["id"]))
         size = (rec["height"], rec["width"])
         if tuple(entry.orig_size) != size:
@@ -89,12 +92,15 @@ class _CachedImages(Dataset):
                 raise DataError(f"depth cache entry of image id {rec['id']} lacks feature level(s) {absent} "
                                 f"(it has {sorted(features)})")  # fmt: skip
             features = {k: features[k] for k in self.feature_levels}
-        return entry.depth, features
+        out = {"depth": entry.depth, "features": features}
+        flipped = getattr(entry, "flipped", None)  # readers of caches without flipped views may lack it
+        if flipped is not None:
+            out.update(depth_flip=flipped.depth, features_flip={k: flipped.features[k] for k in features})
+        return out
 
     def _sample(self, rec: dict, masks=None, labels=None) -> Sample:
         image = read_image(self.image_dir / rec["file_name"], (rec["height"], rec["width"]))
-        depth, features = self._depth(rec)
-        sample = new_sample(image, masks, labels, depth=depth, features=features, image_id=str(rec["id"]))
+        sample = new_sample(image, masks, labels, image_id=str(rec["id"]), **self._depth(rec))
         return self.transforms(sample) if self.transforms is not None else sample
 
 

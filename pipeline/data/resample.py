@@ -19,7 +19,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from pipeline.data.sample import Sample, check_sample
+from pipeline.data.sample import Sample, check_sample, refuse_flip_view
 
 
 def _axis(n_out: int, extent_out: float, canvas: int, scale: float, offset: float, src_extent: int):
@@ -84,6 +84,7 @@ def resample_sample(
     mask becomes empty (cropped away) are dropped when `drop_empty`.
     """
     check_sample(sample)
+    refuse_flip_view(sample, "a resize/crop/pad (resample_sample)")
     size = sample.size
     geo = dict(canvas=canvas, scale=scale, offset=offset, src_size=size)
     image = resample_map(sample.image, canvas, canvas, mode="bilinear", **geo).clamp_(0, 1)

@@ -5,7 +5,11 @@ Spatial fields and their geometry (all cover the same scene extent, each at its 
 - `masks`    (N, H, W) bool, one per instance; padding False;
 - `valid`    (H, W) bool, False on padding;
 - `depth`    (1, h, w) float32 relative depth in [0, 1], 1 = nearest, or None; padding 0;
-- `features` {name: (C, h, w) float32} cached decoder maps / depth pyramid; padding 0.
+- `features` {name: (C, h, w) float32} cached decoder maps / depth pyramid; padding 0;
+- `depth_flip`, `features_flip`: the same maps of the image mirrored left-right, from a cache
+  with flip_views (a network is not flip-equivariant, so mirroring `depth` only approximates
+  them), or None. `HFlip` (first in a pipeline) swaps them in when it flips and drops them
+  either way; every other transform refuses them.
 Before the final resolution step, depth and features cover exactly the image's extent at
 whatever resolution the cache gave them (e.g. 37x49 for a 480x640 image). After it, depth is
 (1, H, W) and each feature map is (C, ceil(H/s), ceil(W/s)) covering the pixels
@@ -22,7 +26,7 @@ from typing import Optional
 
 import torch
 
-SPATIAL_FIELDS = ("image", "masks", "valid", "depth", "features")
+SPATIAL_FIELDS = ("image", "masks", "valid", "depth", "features", "depth_flip", "features_flip")
 OTHER_FIELDS = ("labels", "image_id", "orig_size")
 
 
@@ -38,6 +42,8 @@ class Sample:
     features: dict[str, torch.Tensor] = field(default_factory=dict)
     image_id: str = ""
     orig_size: tuple[int, int] = (0, 0)
+    depth_flip: Optional[torch.Tensor] = None
+    features_flip: Optional[dict[str, torch.Tensor]] = None
 
     @property
     def size(self) -> tuple[int, int]:
@@ -56,15 +62,32 @@ def new_sample(
     depth: Optional[torch.Tensor] = None,
     features: Optional[dict[str, torch.Tensor]] = None,
     image_id: str = "",
+    depth_flip: Optional[torch.Tensor] = None,
+    features_flip: Optional[dict[str, torch.Tensor]] = None,
 ) -> Sample:
     """A checked sample of an untransformed image (valid everywhere, orig_size = image size)."""
     h, w = image.shape[-2:]
     masks = torch.zeros((0, h, w), dtype=torch.bool) if masks is None else masks
     labels = torch.zeros((0,), dtype=torch.int64) if labels is None else labels
     s = Sample(image, masks, labels, torch.ones((h, w), dtype=torch.bool), depth, dict(features or {}), image_id,
-               (int(h), int(w)))  # fmt: skip
+               (int(h), int(w)), depth_flip, None if features_flip is None else dict(features_flip))  # fmt: skip
     check_sample(s)
     return s
+
+
+def has_flip_view(sample: Sample) -> bool:
+    """Whether the sample still carries the mirrored image's maps (`depth_flip` / `features_flip`)."""
+    return sample.depth_flip is not None or sample.features_flip is not None
+
+
+def refuse_flip_view(sample: Sample, where: str) -> None:
+    """Raise when a transform other than a flip meets the mirrored image's maps: they are only right
+    for the image as loaded, so only the first transform (HFlip, or DropFlipView) may consume them."""
+    if has_flip_view(sample):
+        raise TypeError(
+            f"sample {sample.image_id!r}: {where} met the fields ['depth_flip', 'features_flip'] (the mirrored "
+            "image's maps from a flip_views cache); HFlip or DropFlipView must come first in the pipeline"
+        )
 
 
 def check_fields(sample: Sample) -> None:
@@ -98,3 +121,12 @@ def check_sample(sample: Sample) -> None:
     for key, f in sample.features.items():
         if not isinstance(f, torch.Tensor) or f.ndim != 3:
             raise ValueError(f"{name}: feature {key!r} must be a (C, h, w) tensor, got {getattr(f, 'shape', f)}")
+    if has_flip_view(sample):  # the mirrored image's maps: the same maps, shape for shape
+        depth_shape = None if sample.depth is None else tuple(sample.depth.shape)
+        flip_shape = None if sample.depth_flip is None else tuple(sample.depth_flip.shape)
+        if flip_shape != depth_shape:
+            raise ValueError(f"{name}: depth_flip {flip_shape} does not match depth {depth_shape}")
+        flip = sample.features_flip
+        shapes = {k: tuple(v.shape) for k, v in sample.features.items()}
+        if not isinstance(flip, dict) or {k: tuple(getattr(v, "shape", ())) for k, v in flip.items()} != shapes:
+            raise ValueError(f"{name}: features_flip must hold the feature levels of features, shape for shape")

@@ -4,7 +4,10 @@ Each transform is a callable `t(sample, generator=None) -> Sample`; random draws
 `torch` (seeded per DataLoader worker), optionally from an explicit `torch.Generator`.
 Flips are exact (`torch.flip` of every map); resizes, crops and pads go through
 `resample.resample_sample`, which maps each field at its own resolution. A sample carrying a
-field the transforms do not know raises (`sample.check_fields`).
+field the transforms do not know raises (`sample.check_fields`). A sample from a flip_views
+cache carries the mirrored image's maps too: `HFlip` uses them as they are when it flips (they
+are the maps of the flipped image) and drops them either way, `DropFlipView` drops them, and
+every other transform refuses them, so one of those two comes first.
 
 Pipelines (`build_train_transforms`, `build_test_transforms`) end with depth at the image's
 resolution and features at `feature_stride` of it, so a batch stacks.
@@ -19,7 +22,7 @@ from typing import Optional
 import torch
 
 from pipeline.data.resample import resample_map, resample_sample
-from pipeline.data.sample import Sample, check_sample
+from pipeline.data.sample import Sample, check_sample, has_flip_view, refuse_flip_view
 
 Transform = Callable[..., Sample]
 
@@ -41,7 +44,8 @@ class Compose:
 
 
 class HFlip:
-    """Mirror left-right with probability `p`: every map flipped exactly along its width."""
+    """Mirror left-right with probability `p`: every map flipped exactly along its width, or replaced by
+    the mirrored image's own maps where the sample carries them; those are dropped either way."""
 
     def __init__(self, p: float = 0.5):
         self.p = p
@@ -49,13 +53,26 @@ class HFlip:
     def __call__(self, sample: Sample, generator: Optional[torch.Generator] = None) -> Sample:
         check_sample(sample)
         if _uniform(0, 1, generator) >= self.p:
-            return sample
+            return drop_flip_view(sample)
         return flip(sample)
 
 
 def flip(sample: Sample) -> Sample:
-    """The horizontal mirror of every spatial field (exact: maps covering the image extent flip with it)."""
+    """The horizontal mirror of every spatial field (exact: maps covering the image extent flip with it).
+
+    Depth and features become the mirrored image's maps where the sample carries them (a flip_views
+    cache: the estimator run on the mirrored image, as flipping its maps only approximates that)."""
     check_sample(sample)
+    if has_flip_view(sample):
+        return sample.replace(
+            image=sample.image.flip(-1),
+            masks=sample.masks.flip(-1),
+            valid=sample.valid.flip(-1),
+            depth=sample.depth_flip,
+            features=dict(sample.features_flip or {}),
+            depth_flip=None,
+            features_flip=None,
+        )
     return sample.replace(
         image=sample.image.flip(-1),
         masks=sample.masks.flip(-1),
@@ -63,6 +80,19 @@ def flip(sample: Sample) -> Sample:
         depth=None if sample.depth is None else sample.depth.flip(-1),
         features={k: v.flip(-1) for k, v in sample.features.items()},
     )
+
+
+def drop_flip_view(sample: Sample) -> Sample:
+    """The sample without the mirrored image's maps (unchanged when it has none)."""
+    return sample.replace(depth_flip=None, features_flip=None) if has_flip_view(sample) else sample
+
+
+class DropFlipView:
+    """Keep the image as loaded: drop the mirrored image's maps (pipelines without a random flip)."""
+
+    def __call__(self, sample: Sample, generator: Optional[torch.Generator] = None) -> Sample:
+        check_sample(sample)
+        return drop_flip_view(sample)
 
 
 class LargeScaleJitter:
@@ -129,6 +159,7 @@ class MatchResolution:
 
     def __call__(self, sample: Sample, generator: Optional[torch.Generator] = None) -> Sample:
         check_sample(sample)
+        refuse_flip_view(sample, "MatchResolution")
         size, s = sample.size, self.feature_stride
         fsize = (math.ceil(size[0] / s), math.ceil(size[1] / s))
         geo = dict(canvas=size, scale=(1.0, 1.0), offset=(0.0, 0.0), src_size=size, mode="bilinear")
@@ -146,14 +177,16 @@ class MatchResolution:
 def build_train_transforms(
     image_size: int, min_scale: float, max_scale: float, hflip: bool, feature_stride: int
 ) -> Compose:
-    """Flip (exact, on the cached maps) -> LSJ onto the square canvas -> final resolutions."""
+    """Flip (the cached maps, or the cached mirrored view) -> LSJ onto the square canvas -> final resolutions.
+
+    The flip must come first: only it may consume the mirrored view of a flip_views cache."""
     if image_size % feature_stride:
         raise ValueError(f"image_size {image_size} must be a multiple of feature_stride {feature_stride}")
-    steps: list[Transform] = [HFlip(0.5)] if hflip else []
+    steps: list[Transform] = [HFlip(0.5)] if hflip else [DropFlipView()]
     steps += [LargeScaleJitter(image_size, min_scale, max_scale, feature_stride), MatchResolution(feature_stride)]
     return Compose(steps)
 
 
 def build_test_transforms(test_size: int, feature_stride: int) -> Compose:
-    """Short side to `test_size`, maps at their final resolutions (collate pads the batch)."""
-    return Compose([ResizeShortSide(test_size, feature_stride), MatchResolution(feature_stride)])
+    """Short side to `test_size`, maps at their final resolutions (collate pads the batch); no mirrored view."""
+    return Compose([DropFlipView(), ResizeShortSide(test_size, feature_stride), MatchResolution(feature_stride)])
