@@ -159,10 +159,11 @@ def train_semi(cfg: Config, resume: bool = False) -> dict:
                     rgb_pl, depth_pl, iou_threshold=semi.controller.agreement_iou)
             w = controller.update(it - start_b, stats)
             unsup = combine_unsup_losses(loss_rgb, loss_depth, w, semi.unsup_weight)
-            record = {"controller/weight": w, "loss_sup": float(sum(v.detach() for v in losses.values())),
+            record = {"loss_sup": float(sum(v.detach() for v in losses.values())),
                       "loss_unsup": float(sum(v.detach() for v in unsup.values())),
                       "pseudo/rgb_per_image": sum(len(p["labels"]) for p in rgb_pl) / len(rgb_pl)}
-            if depth_pl is not None:
+            if depth_pl is not None:  # the weight only means something when there are depth pseudo-labels
+                record["controller/weight"] = w
                 record["pseudo/depth_per_image"] = sum(len(p["labels"]) for p in depth_pl) / len(depth_pl)
                 record["pseudo/agreement"] = stats["agreement"]
             losses = {**losses, **unsup}
