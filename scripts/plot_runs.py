@@ -1,7 +1,8 @@
 """Overlay validation AP (and the controller weight) of several runs: the README's convergence plot.
 
-python scripts/plot_runs.py OUT.png LABEL=RUN_DIR[:OFFSET] ...   (OFFSET shifts a run's iterations,
-e.g. 600 for a stage-B run started from a 600-iteration teacher)
+python scripts/plot_runs.py OUT.png LABEL=RUN_DIR[:OFFSET][,RUN_DIR[:OFFSET]] ...
+(OFFSET shifts a run's iterations, e.g. 600 for a stage-B run started from a 600-iteration teacher;
+several runs joined by commas make one series, e.g. a teacher run and the stage-B run after it)
 """
 
 from __future__ import annotations
@@ -17,14 +18,16 @@ def main(argv: list[str]) -> None:
     out, specs = Path(argv[0]), argv[1:]
     ap, weight = Panel("validation mask AP (%) of the evaluated model"), Panel("Depth Controller weight w")
     for spec in specs:
-        label, _, rest = spec.partition("=")
-        run, _, offset = rest.partition(":")
-        shift = int(offset or 0)
-        rows = read_log(Path(run) / "metrics.jsonl")
-        pts = [(r["iter"] + shift, r["val/AP"]) for r in rows if r.get("val/AP") is not None]
+        label, _, runs = spec.rpartition("=")
+        pts, ws = [], []
+        for part in runs.split(","):
+            run, _, offset = part.partition(":")
+            shift = int(offset or 0)
+            rows = read_log(Path(run) / "metrics.jsonl")
+            pts += [(r["iter"] + shift, r["val/AP"]) for r in rows if r.get("val/AP") is not None]
+            ws += [(r["iter"] + shift, r["controller/weight"]) for r in rows if r.get("controller/weight") is not None]
         if pts:
             ap.series[label] = ([x for x, _ in pts], [y for _, y in pts])
-        ws = [(r["iter"] + shift, r["controller/weight"]) for r in rows if r.get("controller/weight") is not None]
         if ws and len({w for _, w in ws}) > 1:
             weight.series[label] = ([x for x, _ in ws], [y for _, y in ws])
     render_panels([ap, weight] if weight.series else [ap], out)
