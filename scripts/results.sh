@@ -7,6 +7,8 @@
 # Each run ends with `cli.py evaluate` on the val split (eval/metrics.json in the run folder).
 # `bash scripts/results.sh --supervised PCT ...`: only the supervised baselines with and without
 # Depth Fusion (600 iterations), e.g. for 100 % labels.
+# `bash scripts/results.sh --ends PCT ...`: only the first and last rows (supervised-only and the
+# full method), e.g. for 1 % and 10 %.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=1
@@ -55,10 +57,25 @@ supervised() {  # supervised PCT: the baselines with and without Depth Fusion, i
   wait
 }
 
+ends() {  # ends PCT: supervised-only and the full method, in parallel
+  local p=$1
+  local split="data.train_json=data/synthetic/splits/train_${p}pct_seed0_labeled.json \
+data.unlabeled_list=data/synthetic/splits/train_${p}pct_seed0_unlabeled.json"
+  run "sup_rgb_$p" $split semi.enabled=false $NODEPTH train.max_iter=1000 &
+  (
+    run "A_2view_$p" $split semi.teacher_iters=600 train.max_iter=600
+    run "B_full_$p" $split "semi.teacher_checkpoint=$OUT/A_2view_$p/model_0000600.pth" train.max_iter=400
+  ) &
+  wait
+}
+
 mkdir -p "$OUT"
 if [ "${1:-}" = "--supervised" ]; then
   shift
   for p in "$@"; do supervised "$p"; done
+elif [ "${1:-}" = "--ends" ]; then
+  shift
+  for p in "$@"; do ends "$p"; done
 else
   for p in "${@:-5}"; do table "$p"; done
 fi
