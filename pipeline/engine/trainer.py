@@ -35,6 +35,12 @@ def train(cfg: Config, resume: bool = False) -> dict:
     return train_supervised(cfg, resume=resume)
 
 
+def due(step: int, period: int, last: int) -> bool:
+    """Periodic work (log, checkpoint, evaluation) runs every `period` steps (never if period <= 0)
+    and at the last step."""
+    return step == last or (period > 0 and step % period == 0)
+
+
 def wrap_ddp(model: nn.Module, ctx: RunContext) -> nn.Module:
     if ctx.dist.world_size == 1:
         return model
@@ -119,13 +125,13 @@ def train_supervised(cfg: Config, resume: bool = False) -> dict:
         check_finite(losses, it, ctx.out_dir)
         optimizer_step(ctx, sum(losses.values()), model.parameters())
         step = it + 1
-        if step % cfg.train.log_period == 0 or step == cfg.train.max_iter:
+        if due(step, cfg.train.log_period, cfg.train.max_iter):
             terms = main_loss_terms(losses)
             bar.set_postfix(loss=f"{terms['loss']:.3f}")
             ctx.log.write({"iter": step, **terms, "lr": ctx.scheduler.get_last_lr()[0],
                            "time": time.perf_counter() - t0})
-        if ctx.dist.is_main and (step % cfg.train.checkpoint_period == 0 or step == cfg.train.max_iter):
+        if ctx.dist.is_main and due(step, cfg.train.checkpoint_period, cfg.train.max_iter):
             save_checkpoint(ctx.out_dir, step, checkpoint_state(ctx))
-        if (cfg.train.eval_period > 0 and step % cfg.train.eval_period == 0) or step == cfg.train.max_iter:
+        if due(step, cfg.train.eval_period, cfg.train.max_iter):
             metrics = periodic_eval(ctx, ctx.model, step)
     return metrics

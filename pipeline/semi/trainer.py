@@ -29,6 +29,7 @@ from pipeline.engine.context import RunContext, build_context, check_finite, tra
 from pipeline.engine.optim import build_optimizer, build_scheduler
 from pipeline.engine.trainer import (
     checkpoint_state,
+    due,
     main_loss_terms,
     optimizer_step,
     periodic_eval,
@@ -176,15 +177,15 @@ def train_semi(cfg: Config, resume: bool = False) -> dict:
             elif b_step > semi.burn_in_iter:
                 ema_update(teacher, ctx.model, semi.ema_decay, buffers=semi.ema_buffers)
         step = it + 1
-        if step % cfg.train.log_period == 0 or step == cfg.train.max_iter:
+        if due(step, cfg.train.log_period, cfg.train.max_iter):
             terms = main_loss_terms(losses)
             bar.set_postfix(loss=f"{terms['loss']:.3f}", stage="B" if in_b else "A")
             ctx.log.write({"iter": step, "stage": "B" if in_b else "A", "loss": terms["loss"], **record,
                            "lr": ctx.scheduler.get_last_lr()[0], "time": time.perf_counter() - t0})
-        if ctx.dist.is_main and (step % cfg.train.checkpoint_period == 0 or step == cfg.train.max_iter):
+        if ctx.dist.is_main and due(step, cfg.train.checkpoint_period, cfg.train.max_iter):
             extra = {"teacher": teacher.state_dict(), "controller": controller.state_dict()} if in_b else {}
             save_checkpoint(ctx.out_dir, step, checkpoint_state(ctx, **extra))
-        if (cfg.train.eval_period > 0 and step % cfg.train.eval_period == 0) or step == cfg.train.max_iter:
+        if due(step, cfg.train.eval_period, cfg.train.max_iter):
             # the teacher is the model that is kept and reported in stage B (as in GD)
             metrics = periodic_eval(ctx, teacher if in_b else ctx.model, step)
             if in_b and step == cfg.train.max_iter:

@@ -97,3 +97,10 @@ def test_lr_schedule():
     assert lr_factor(100, cfg) == 0
     step = TrainConfig(max_iter=100, warmup_iters=0, schedule="step", steps=[50, 80], gamma=0.1)
     assert [lr_factor(s, step) for s in (0, 49, 50, 80)] == pytest.approx([1, 1, 0.1, 0.01])
+
+
+def test_periodic_work_schedule():
+    from pipeline.engine.trainer import due
+
+    assert [s for s in range(1, 11) if due(s, 4, 10)] == [4, 8, 10]
+    assert [s for s in range(1, 11) if due(s, 0, 10)] == [10]  # period 0 = only at the end, no crash
