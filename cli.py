@@ -157,9 +157,13 @@ def precompute_depth(config, jsons, splits, image_dir, image_folder, estimator, 
             data = cfg.data
             pairs = [(data.train_json, data.image_dir), (data.unlabeled_list, data.image_dir),
                      (data.val_json, data.val_image_dir)]  # fmt: skip
-            groups = [records_from_json(p, d) for p, d in pairs if p and Path(p).is_file()]
-            if not groups:
-                raise ValueError("no images: give --coco/--split/--image-folder or a config whose data files exist")
+            # a configured file that is missing is an error, not a skip: skipping it used to leave
+            # the cache without the training images and only `train` noticed
+            missing = [str(p) for p, _ in pairs if p and not Path(p).is_file()]
+            if missing:
+                raise ValueError(f"the config's data files do not exist: {', '.join(missing)} (make them first, "
+                                 "e.g. with make-synthetic/make-splits, or give --coco/--split/--image-folder)")
+            groups = [records_from_json(p, d) for p, d in pairs if p]
         records = merge_records(groups)
         result = run_precompute(records, cfg.depth.estimator, cfg.depth.cache, retry_failed=retry_failed,
                                 progress=not quiet)  # fmt: skip
@@ -377,14 +381,15 @@ def bench_fusion_cmd(backbone: str, image_size: int, batch_size: int, steps: int
 @click.option("--weights", type=click.Path(exists=True, dir_okay=False))
 @click.option("--input-size", default=126, show_default=True, help="Estimator input short side.")
 @click.option("--device", default="auto", show_default=True)
+@click.option("--workers", default=2, show_default=True, help="DataLoader workers.")
 @click.option("--work-dir", type=click.Path(file_okay=False), help="Scratch folder (default: a temp dir).")
 def bench_step_cmd(steps: int, image_size: int, batch_size: int, estimator: str, weights: str | None,
-                   input_size: int, device: str, work_dir: str | None) -> None:
+                   input_size: int, device: str, workers: int, work_dir: str | None) -> None:
     """Training-step time with cached depth, online depth and no depth (the real loop), as ratios."""
     from bench.bench_step import run_bench
 
     run_bench(steps=steps, image_size=image_size, batch_size=batch_size, estimator=estimator, weights=weights,
-              input_size=input_size, device=device, work_dir=work_dir)
+              input_size=input_size, device=device, work_dir=work_dir, workers=workers)
 
 if __name__ == "__main__":
     sys.exit(main())

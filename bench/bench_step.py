@@ -7,7 +7,9 @@ transforms, model, criterion, AdamW) on the same generated images with the same 
 - `online`: Depth Fusion fed by the estimator running inside every step (the paper's setting).
 The cache is made first by the same estimator (`tiny` on a CPU; any DAv2 size with `--estimator`
 and `--weights`). Step time is the mean over the timed steps after `warmup` steps, from the run's
-own log; ratios are against `none`.
+own log; ratios are against `none`. The `data wait` column is the part of a step spent waiting
+for the DataLoader (`data_time` in the log): where it is large the loader, not the model, sets the
+pace, and more `--workers` (or a faster cache read) is the remedy, not a faster GPU.
 """
 
 from __future__ import annotations
@@ -17,16 +19,16 @@ import tempfile
 from pathlib import Path
 
 
-def _step_time(run_dir: Path, warmup: int) -> float:
+def _step_time(run_dir: Path, warmup: int, key: str = "time") -> float:
     rows = [json.loads(s) for s in (run_dir / "metrics.jsonl").read_text().splitlines() if s.strip()]
-    t = {r["iter"]: r["time"] for r in rows if "time" in r}
+    t = {r["iter"]: r[key] for r in rows if key in r}
     last = max(t)
     return (t[last] - t[warmup]) / (last - warmup)
 
 
 def run_bench(steps: int = 20, warmup: int = 3, image_size: int = 128, batch_size: int = 8,
               estimator: str = "tiny", weights: str | None = None, input_size: int = 126,
-              device: str = "auto", work_dir: str | None = None) -> dict[str, float]:
+              device: str = "auto", work_dir: str | None = None, workers: int = 2) -> dict[str, float]:
     from depth_cache.images import merge_records, records_from_json
     from depth_cache.precompute import run_precompute
     from pipeline.config_io import load_config
@@ -43,7 +45,7 @@ def run_bench(steps: int = 20, warmup: int = 3, image_size: int = 128, batch_siz
         f"data.image_dir={root}/images/train", f"data.train_json={root}/splits/train_100pct_seed0_labeled.json",
         "data.unlabeled_list=null", f"data.val_image_dir={root}/images/val",
         f"data.val_json={root}/annotations/val.json", f"data.image_size={image_size}",
-        f"data.test_size={image_size}", "data.num_workers=2",
+        f"data.test_size={image_size}", f"data.num_workers={workers}",
         f"depth.estimator.name={estimator}", f"depth.estimator.input_size={input_size}",
         f"depth.estimator.device={device}", f"depth.cache.root={root}/caches", "depth.cache.levels=[path_4, path_3]",
         "model.depth_fusion.sources={res2: path_3, res3: path_3, res4: path_4, res5: path_4}",
@@ -61,7 +63,7 @@ def run_bench(steps: int = 20, warmup: int = 3, image_size: int = 128, batch_siz
         "cache": ["depth.mode=cache"],
         "online": ["depth.mode=online"],
     }
-    times = {}
+    times, waits = {}, {}
     for mode, over in modes.items():
         run = root / f"run_{mode}"
         if run.exists():
@@ -69,9 +71,10 @@ def run_bench(steps: int = 20, warmup: int = 3, image_size: int = 128, batch_siz
                 f.unlink()
         train_supervised(load_config(None, base + over + [f"train.output_dir={run}"]))
         times[mode] = _step_time(run, warmup)
+        waits[mode] = _step_time(run, warmup, "data_time")
     print(f"\ntraining step, {batch_size} images of {image_size}px, estimator {estimator} "
-          f"(input {input_size}), {steps} timed steps after {warmup}:")
-    print(f"{'depth':<8}{'s/step':>10}{'x none':>10}")
+          f"(input {input_size}), {steps} timed steps after {warmup}, {workers} loader workers:")
+    print(f"{'depth':<8}{'s/step':>10}{'x none':>10}{'data wait':>11}")
     for mode, t in times.items():
-        print(f"{mode:<8}{t:>10.3f}{t / times['none']:>10.3f}")
+        print(f"{mode:<8}{t:>10.3f}{t / times['none']:>10.3f}{waits[mode]:>11.3f}")
     return times

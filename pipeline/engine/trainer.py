@@ -41,6 +41,20 @@ def due(step: int, period: int, last: int) -> bool:
     return step == last or (period > 0 and step % period == 0)
 
 
+class LoaderClock:
+    """Seconds the loop has waited for batches since it started (detectron2's `data_time`): when
+    it grows like the step time, the DataLoader, not the model, sets the pace."""
+
+    def __init__(self) -> None:
+        self.waited = 0.0
+
+    def next(self, iterator):
+        t = time.perf_counter()
+        batch = next(iterator)
+        self.waited += time.perf_counter() - t
+        return batch
+
+
 def wrap_ddp(model: nn.Module, ctx: RunContext) -> nn.Module:
     if ctx.dist.world_size == 1:
         return model
@@ -113,11 +127,11 @@ def train_supervised(cfg: Config, resume: bool = False) -> dict:
     model = wrap_ddp(ctx.model, ctx)
     model.train()
     metrics: dict = {}
-    t0 = time.perf_counter()
+    t0, clock = time.perf_counter(), LoaderClock()
     bar = tqdm(range(start, cfg.train.max_iter), initial=start, total=cfg.train.max_iter,
                desc="train", disable=not ctx.dist.is_main)
     for it in bar:
-        batch = next(loader).to(ctx.device)
+        batch = clock.next(loader).to(ctx.device)
         ctx.provider.fill(batch)
         with ctx.autocast:
             outputs = model(batch.images, batch.features if ctx.use_depth else None)
@@ -129,7 +143,7 @@ def train_supervised(cfg: Config, resume: bool = False) -> dict:
             terms = main_loss_terms(losses)
             bar.set_postfix(loss=f"{terms['loss']:.3f}")
             ctx.log.write({"iter": step, **terms, "lr": ctx.scheduler.get_last_lr()[0],
-                           "time": time.perf_counter() - t0})
+                           "time": time.perf_counter() - t0, "data_time": clock.waited})
         if ctx.dist.is_main and due(step, cfg.train.checkpoint_period, cfg.train.max_iter):
             save_checkpoint(ctx.out_dir, step, checkpoint_state(ctx))
         if due(step, cfg.train.eval_period, cfg.train.max_iter):

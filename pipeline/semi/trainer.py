@@ -28,6 +28,7 @@ from pipeline.engine.checkpoint import load_checkpoint, load_model_state, save_c
 from pipeline.engine.context import RunContext, build_context, check_finite, train_loader
 from pipeline.engine.optim import build_optimizer, build_scheduler
 from pipeline.engine.trainer import (
+    LoaderClock,
     checkpoint_state,
     due,
     main_loss_terms,
@@ -131,7 +132,7 @@ def train_semi(cfg: Config, resume: bool = False) -> dict:
     model = wrap_ddp(ctx.model, ctx)
     model.train()
     metrics: dict = {}
-    t0 = time.perf_counter()
+    t0, clock = time.perf_counter(), LoaderClock()
     bar = tqdm(range(start, cfg.train.max_iter), initial=start, total=cfg.train.max_iter,
                desc="train (teacher-student)", disable=not ctx.dist.is_main)
     for it in bar:
@@ -140,14 +141,14 @@ def train_semi(cfg: Config, resume: bool = False) -> dict:
             model = wrap_ddp(ctx.model, ctx)
         in_b = it >= start_b
         record: dict = {}
-        batch = next(lab_iter).to(ctx.device)
+        batch = clock.next(lab_iter).to(ctx.device)
         ctx.provider.fill(batch)
         losses = supervised_losses(ctx, model, batch)
         if in_b:
             if unl_iter is None:
                 unl_iter = iter(train_loader(unlabeled, cfg, ctx.dist, semi.unlabeled_batch_size,
                                              it - start_b, seed_offset=1))
-            ub = next(unl_iter).to(ctx.device)
+            ub = clock.next(unl_iter).to(ctx.device)
             ctx.provider.fill(ub)
             rgb_pl, depth_pl = teacher_pseudo_labels(ctx, teacher, ub)
             out = _forward(ctx, model, strong_view(ub.images, ub.valid, augment), ub)
@@ -181,7 +182,8 @@ def train_semi(cfg: Config, resume: bool = False) -> dict:
             terms = main_loss_terms(losses)
             bar.set_postfix(loss=f"{terms['loss']:.3f}", stage="B" if in_b else "A")
             ctx.log.write({"iter": step, "stage": "B" if in_b else "A", "loss": terms["loss"], **record,
-                           "lr": ctx.scheduler.get_last_lr()[0], "time": time.perf_counter() - t0})
+                           "lr": ctx.scheduler.get_last_lr()[0], "time": time.perf_counter() - t0,
+                           "data_time": clock.waited})
         if ctx.dist.is_main and due(step, cfg.train.checkpoint_period, cfg.train.max_iter):
             extra = {"teacher": teacher.state_dict(), "controller": controller.state_dict()} if in_b else {}
             save_checkpoint(ctx.out_dir, step, checkpoint_state(ctx, **extra))

@@ -98,3 +98,16 @@ def test_unknown_estimator_fails_cleanly_listing_valid_names(tmp_path, files_dat
     result = CliRunner().invoke(cli.main, args)
     assert result.exit_code != 0
     assert "unknown estimator 'midas'" in result.output and "tiny" in result.output
+
+
+def test_precompute_from_a_config_names_its_missing_data_files(tmp_path, files_dataset):
+    ann, img_dir, depth_dir = files_dataset
+    missing = tmp_path / "splits" / "train_5pct_seed0_labeled.json"
+    args = ["precompute-depth", "--estimator", "files", "--depth-dir", str(depth_dir), "--root", str(tmp_path / "c"),
+            f"data.train_json={missing}", f"data.image_dir={img_dir}", "data.unlabeled_list=null",
+            f"data.val_json={ann}", f"data.val_image_dir={img_dir}", "depth.estimator.input_size=32"]  # fmt: skip
+    result = CliRunner().invoke(cli.main, args)
+    # the val file exists: precomputing it alone would leave training without its cache entries
+    assert result.exit_code != 0
+    assert str(missing) in result.output and "do not exist" in result.output
+    assert not (tmp_path / "c").exists() or not any((tmp_path / "c").iterdir())

@@ -37,6 +37,10 @@ def test_resume_gives_the_same_losses(tiny_cache, tiny_config, tmp_path, semi):
     train(tiny_config(tiny_cache, full_dir, *over))
     full = losses_by_iter(full_dir)
     assert sorted(full) == [1, 2, 3, 4, 5, 6]
+    rows = [json.loads(s) for s in (full_dir / "metrics.jsonl").read_text().splitlines() if '"time"' in s]
+    # the loader's wait is part of the step time and grows with it
+    assert all(0 < r["data_time"] < r["time"] for r in rows)
+    assert [r["data_time"] for r in rows] == sorted(r["data_time"] for r in rows)
     shutil.copytree(full_dir, resumed_dir)
     rewind(resumed_dir, 4)
     train(tiny_config(tiny_cache, resumed_dir, *over), resume=True)
