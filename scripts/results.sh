@@ -9,6 +9,11 @@
 # Depth Fusion (600 iterations), e.g. for 100 % labels.
 # `bash scripts/results.sh --ends PCT ...`: only the first and last rows (supervised-only and the
 # full method), e.g. for 1 % and 10 %.
+# `bash scripts/results.sh --controller PCT ...`: Depth Controller ablations from the same stage-A
+# teacher as the full method (constant w = 0.75, near the adaptive controller's range; agreement
+# term only; loss term only); needs A_2view_PCT from a table or --ends run.
+# `bash scripts/results.sh --reseed PCT SEED`: stage B of "+ Depth Fusion" and of the full method
+# again with another train.seed (same stage-A teachers): the run-to-run spread of stage B.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=1
@@ -69,10 +74,37 @@ data.unlabeled_list=data/synthetic/splits/train_${p}pct_seed0_unlabeled.json"
   wait
 }
 
+controller() {  # controller PCT: which part of the Depth Controller matters, on two parallel queues
+  local p=$1
+  local split="data.train_json=data/synthetic/splits/train_${p}pct_seed0_labeled.json \
+data.unlabeled_list=data/synthetic/splits/train_${p}pct_seed0_unlabeled.json"
+  local teacher="semi.teacher_checkpoint=$OUT/A_2view_$p/model_0000600.pth train.max_iter=400"
+  if [ ! -f "$OUT/A_2view_$p/model_0000600.pth" ]; then echo "no $OUT/A_2view_$p: run --ends $p first"; exit 1; fi
+  (
+    run "B_const75_$p" $split $teacher semi.controller.kind=constant semi.controller.init_weight=0.75
+    run "B_lossonly_$p" $split $teacher semi.controller.agreement_gain=0
+  ) &
+  run "B_agreeonly_$p" $split $teacher semi.controller.loss_gain=0 &
+  wait
+}
+
+reseed() {  # reseed PCT SEED: stage B of + Depth Fusion and of the full method with another seed
+  local p=$1 seed=$2
+  local split="data.train_json=data/synthetic/splits/train_${p}pct_seed0_labeled.json \
+data.unlabeled_list=data/synthetic/splits/train_${p}pct_seed0_unlabeled.json train.seed=$seed train.max_iter=400"
+  run "B_full_${p}_seed$seed" $split "semi.teacher_checkpoint=$OUT/A_2view_$p/model_0000600.pth"
+  run "B_df_${p}_seed$seed" $split semi.depth_pseudo_labels=false "semi.teacher_checkpoint=$OUT/A_df_$p/model_0000600.pth"
+}
+
 mkdir -p "$OUT"
 if [ "${1:-}" = "--supervised" ]; then
   shift
   for p in "$@"; do supervised "$p"; done
+elif [ "${1:-}" = "--controller" ]; then
+  shift
+  for p in "$@"; do controller "$p"; done
+elif [ "${1:-}" = "--reseed" ]; then
+  reseed "$2" "$3"
 elif [ "${1:-}" = "--ends" ]; then
   shift
   for p in "$@"; do ends "$p"; done
