@@ -13,7 +13,7 @@
 # teacher as the full method (constant w = 0.75, near the adaptive controller's range; agreement
 # term only; loss term only); needs A_2view_PCT from a table or --ends run.
 # `bash scripts/results.sh --reseed PCT SEED`: stage B of "+ Depth Fusion" and of the full method
-# again with another train.seed (same stage-A teachers): the run-to-run spread of stage B.
+# again with another train.seed (same stage-A teachers), in parallel: the run-to-run spread of stage B.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=1
@@ -92,8 +92,9 @@ reseed() {  # reseed PCT SEED: stage B of + Depth Fusion and of the full method 
   local p=$1 seed=$2
   local split="data.train_json=data/synthetic/splits/train_${p}pct_seed0_labeled.json \
 data.unlabeled_list=data/synthetic/splits/train_${p}pct_seed0_unlabeled.json train.seed=$seed train.max_iter=400"
-  run "B_full_${p}_seed$seed" $split "semi.teacher_checkpoint=$OUT/A_2view_$p/model_0000600.pth"
-  run "B_df_${p}_seed$seed" $split semi.depth_pseudo_labels=false "semi.teacher_checkpoint=$OUT/A_df_$p/model_0000600.pth"
+  run "B_full_${p}_seed$seed" $split "semi.teacher_checkpoint=$OUT/A_2view_$p/model_0000600.pth" &
+  run "B_df_${p}_seed$seed" $split semi.depth_pseudo_labels=false "semi.teacher_checkpoint=$OUT/A_df_$p/model_0000600.pth" &
+  wait
 }
 
 mkdir -p "$OUT"
