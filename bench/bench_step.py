@@ -19,11 +19,13 @@ import tempfile
 from pathlib import Path
 
 
-def _step_time(run_dir: Path, warmup: int, key: str = "time") -> float:
-    rows = [json.loads(s) for s in (run_dir / "metrics.jsonl").read_text().splitlines() if s.strip()]
-    t = {r["iter"]: r[key] for r in rows if key in r}
-    last = max(t)
-    return (t[last] - t[warmup]) / (last - warmup)
+def _per_step(run_dir: Path, warmup: int) -> tuple[float, float]:
+    """(seconds per step, seconds of DataLoader wait per step) over the steps after `warmup`."""
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    rows = {r["iter"]: r for r in (json.loads(s) for s in lines if s.strip()) if "time" in r}
+    first, last = rows[warmup], rows[max(rows)]
+    n = last["iter"] - warmup
+    return (last["time"] - first["time"]) / n, (last["data_time"] - first["data_time"]) / n
 
 
 def run_bench(steps: int = 20, warmup: int = 3, image_size: int = 128, batch_size: int = 8,
@@ -70,8 +72,7 @@ def run_bench(steps: int = 20, warmup: int = 3, image_size: int = 128, batch_siz
             for f in run.iterdir():
                 f.unlink()
         train_supervised(load_config(None, base + over + [f"train.output_dir={run}"]))
-        times[mode] = _step_time(run, warmup)
-        waits[mode] = _step_time(run, warmup, "data_time")
+        times[mode], waits[mode] = _per_step(run, warmup)
     print(f"\ntraining step, {batch_size} images of {image_size}px, estimator {estimator} "
           f"(input {input_size}), {steps} timed steps after {warmup}, {workers} loader workers:")
     print(f"{'depth':<8}{'s/step':>10}{'x none':>10}{'data wait':>11}")

@@ -21,6 +21,11 @@ OUT=${OUT:-runs/results}
 COMMON="train.eval_period=100 train.checkpoint_period=100 train.log_period=20 data.num_workers=1"
 NODEPTH="depth.mode=none model.depth_fusion.enabled=false semi.depth_pseudo_labels=false"
 
+split_of() {  # split_of PCT: the overrides for the labelled and unlabelled lists of a split
+  echo "data.train_json=data/synthetic/splits/train_${1}pct_seed0_labeled.json" \
+    "data.unlabeled_list=data/synthetic/splits/train_${1}pct_seed0_unlabeled.json"
+}
+
 run() {  # run NAME OVERRIDES...: train, then evaluate its last checkpoint
   local name=$1; shift
   if [ -f "$OUT/$name/eval/metrics.json" ]; then echo "skip $name (done)"; return; fi
@@ -34,8 +39,7 @@ run() {  # run NAME OVERRIDES...: train, then evaluate its last checkpoint
 
 table() {  # table PCT: the five rows for one label percentage, on two parallel queues
   local p=$1
-  local split="data.train_json=data/synthetic/splits/train_${p}pct_seed0_labeled.json \
-data.unlabeled_list=data/synthetic/splits/train_${p}pct_seed0_unlabeled.json"
+  local split; split=$(split_of "$p")
   local teacher="semi.teacher_checkpoint=$OUT/A_2view_$p/model_0000600.pth train.max_iter=400"
   (
     run "A_rgb_$p" $split semi.enabled=false $NODEPTH train.max_iter=600
@@ -64,8 +68,7 @@ supervised() {  # supervised PCT: the baselines with and without Depth Fusion, i
 
 ends() {  # ends PCT: supervised-only and the full method, in parallel
   local p=$1
-  local split="data.train_json=data/synthetic/splits/train_${p}pct_seed0_labeled.json \
-data.unlabeled_list=data/synthetic/splits/train_${p}pct_seed0_unlabeled.json"
+  local split; split=$(split_of "$p")
   run "sup_rgb_$p" $split semi.enabled=false $NODEPTH train.max_iter=1000 &
   (
     run "A_2view_$p" $split semi.teacher_iters=600 train.max_iter=600
@@ -76,8 +79,7 @@ data.unlabeled_list=data/synthetic/splits/train_${p}pct_seed0_unlabeled.json"
 
 controller() {  # controller PCT: which part of the Depth Controller matters, on two parallel queues
   local p=$1
-  local split="data.train_json=data/synthetic/splits/train_${p}pct_seed0_labeled.json \
-data.unlabeled_list=data/synthetic/splits/train_${p}pct_seed0_unlabeled.json"
+  local split; split=$(split_of "$p")
   local teacher="semi.teacher_checkpoint=$OUT/A_2view_$p/model_0000600.pth train.max_iter=400"
   if [ ! -f "$OUT/A_2view_$p/model_0000600.pth" ]; then echo "no $OUT/A_2view_$p: run --ends $p first"; exit 1; fi
   (
@@ -90,8 +92,7 @@ data.unlabeled_list=data/synthetic/splits/train_${p}pct_seed0_unlabeled.json"
 
 reseed() {  # reseed PCT SEED: stage B of + Depth Fusion and of the full method with another seed
   local p=$1 seed=$2
-  local split="data.train_json=data/synthetic/splits/train_${p}pct_seed0_labeled.json \
-data.unlabeled_list=data/synthetic/splits/train_${p}pct_seed0_unlabeled.json train.seed=$seed train.max_iter=400"
+  local split; split="$(split_of "$p") train.seed=$seed train.max_iter=400"
   run "B_full_${p}_seed$seed" $split "semi.teacher_checkpoint=$OUT/A_2view_$p/model_0000600.pth" &
   run "B_df_${p}_seed$seed" $split semi.depth_pseudo_labels=false "semi.teacher_checkpoint=$OUT/A_df_$p/model_0000600.pth" &
   wait

@@ -13,9 +13,12 @@ from pipeline.engine.context import NonFiniteLoss
 from pipeline.engine.trainer import train
 
 
+def log_rows(run_dir) -> list[dict]:
+    return [json.loads(s) for s in (run_dir / "metrics.jsonl").read_text().splitlines() if s.strip()]
+
+
 def losses_by_iter(run_dir) -> dict[int, float]:
-    lines = [json.loads(s) for s in (run_dir / "metrics.jsonl").read_text().splitlines() if s.strip()]
-    return {r["iter"]: r["loss"] for r in lines if "loss" in r}
+    return {r["iter"]: r["loss"] for r in log_rows(run_dir) if "loss" in r}
 
 
 def rewind(run_dir, iteration: int) -> None:
@@ -37,7 +40,7 @@ def test_resume_gives_the_same_losses(tiny_cache, tiny_config, tmp_path, semi):
     train(tiny_config(tiny_cache, full_dir, *over))
     full = losses_by_iter(full_dir)
     assert sorted(full) == [1, 2, 3, 4, 5, 6]
-    rows = [json.loads(s) for s in (full_dir / "metrics.jsonl").read_text().splitlines() if '"time"' in s]
+    rows = [r for r in log_rows(full_dir) if "time" in r]
     # the loader's wait is part of the step time and grows with it
     assert all(0 < r["data_time"] < r["time"] for r in rows)
     assert [r["data_time"] for r in rows] == sorted(r["data_time"] for r in rows)
