@@ -54,11 +54,31 @@ def main() -> None:
 @click.option("--num-val", default=200, show_default=True, help="Validation images.")
 @click.option("--size", default=128, show_default=True, help="Image side in pixels.")
 @click.option("--seed", default=0, show_default=True)
-def make_synthetic(out_dir: str, num_train: int, num_val: int, size: int, seed: int) -> None:
-    """Generate the RGB-D dataset: colour-ambiguous, depth-separable instances, COCO JSON + 16-bit depth."""
-    from pipeline.data.synthetic import generate_dataset
+@click.option("--preset", default="default", show_default=True,
+              help="Scene distribution: 'default' (large floating objects) or 'small' (small objects on a ground "
+                   "plane, distractors, 4 classes); the options below override it.")
+@click.option("--layout", type=click.Choice(["floating", "ground"]), help="Objects on own depth planes, or standing "
+              "on a ground plane (depth continuous at the contact line).")
+@click.option("--objects", help="Objects per scene, LO-HI (e.g. 2-7).")
+@click.option("--object-size", help="Object half-extent as a fraction of the image side, LO-HI (e.g. 0.035-0.2).")
+@click.option("--classes", help="Comma-separated shapes: ellipse, rectangle, triangle, cross, diamond.")
+@click.option("--distractors", help="Shapes painted flat on the background per scene (no depth, no label), LO-HI.")
+@click.option("--min-area", type=int, help="Visible pixels an object needs to be kept.")
+def make_synthetic(out_dir: str, num_train: int, num_val: int, size: int, seed: int, preset: str, layout, objects,
+                   object_size, classes, distractors, min_area) -> None:
+    """Generate an RGB-D dataset: colour-ambiguous, depth-separable instances, COCO JSON + 16-bit depth."""
+    from pipeline.data.synthetic import generate_dataset, parse_range, scene_spec
 
-    summary = generate_dataset(Path(out_dir), num_train=num_train, num_val=num_val, size=size, seed=seed)
+    spec = scene_spec(
+        preset,
+        layout=layout,
+        objects=parse_range(objects, int, "objects") if objects else None,
+        object_size=parse_range(object_size, float, "object-size") if object_size else None,
+        classes=tuple(c.strip() for c in classes.split(",")) if classes else None,
+        distractors=parse_range(distractors, int, "distractors") if distractors else None,
+        min_area=min_area,
+    )
+    summary = generate_dataset(Path(out_dir), num_train=num_train, num_val=num_val, size=size, seed=seed, spec=spec)
     click.echo(summary)
 
 

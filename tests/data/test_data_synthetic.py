@@ -82,3 +82,86 @@ def test_generates_200_images(tmp_path):
     summary = generate_dataset(tmp_path, num_train=200, num_val=0, size=128, seed=0)
     assert "200 images" in summary
     assert len(list((tmp_path / "images" / "train").glob("*.png"))) == 200
+
+
+# --- scene distributions (SceneSpec / presets) ---------------------------------------------------
+
+from pipeline.data.synthetic import PRESETS, SceneSpec, parse_range, scene_spec  # noqa: E402
+
+
+def test_small_preset_objects_stand_on_the_ground():
+    """Ground layout: every object's depth equals the ground's just below its lowest visible pixel
+    (continuous contact), objects are smaller than the default's, four classes."""
+    rng = np.random.default_rng(0)
+    spec = PRESETS["small"]
+    small_areas, default_areas, contacts = [], [], 0
+    for _ in range(30):
+        rgb, depth_mm, masks, labels = render_scene(rng, 128, spec=spec)
+        assert set(labels.tolist()) <= {1, 2, 3, 4}
+        assert len(masks) <= 7 and not (masks.sum(0) > 1).any()
+        cover = masks.any(0)
+        for m in masks:
+            small_areas.append(int(m.sum()))
+            ys, xs = np.nonzero(m)
+            bottom = ys.max()
+            # ground pixels right below the object's bottom row
+            below = [x for x in xs[ys == bottom] if bottom + 2 < 128 and not cover[bottom + 1:bottom + 3, x].any()]
+            if below:
+                obj_depth = depth_mm[m].mean()
+                ground = np.mean([float(depth_mm[bottom + 1, x]) for x in below])
+                step = np.mean([abs(float(depth_mm[bottom + 2, x]) - float(depth_mm[bottom + 1, x])) for x in below])
+                # within about one row's change of the ground (steep near the horizon); a floating
+                # object would sit metres in front of it
+                assert abs(ground - obj_depth) <= 1.5 * step + 0.01 * obj_depth, (ground, obj_depth, step)
+                contacts += 1
+        for m in render_scene(rng, 128)[2]:
+            default_areas.append(int(m.sum()))
+    assert contacts > 40
+    assert np.median(small_areas) < 0.5 * np.median(default_areas)
+    assert np.percentile(small_areas, 10) < 120
+
+
+def test_distractors_paint_rgb_but_not_depth_or_labels():
+    """With distractors only (one object), RGB has object-like shapes that depth and labels lack."""
+    base = SceneSpec(layout="ground", objects=(1, 1), distractors=(0, 0))
+    with_d = SceneSpec(layout="ground", objects=(1, 1), distractors=(3, 3))
+    a = render_scene(np.random.default_rng(5), 96, spec=base)
+    b = render_scene(np.random.default_rng(5), 96, spec=with_d)
+    # the same background depth (distractors are flat paint), different pixels outside the objects
+    bg = ~(a[2].any(0) | b[2].any(0))
+    assert np.array_equal(a[1][bg], b[1][bg])
+    assert (np.abs(a[0][bg].astype(int) - b[0][bg].astype(int)).sum(-1) > 60).mean() > 0.01
+
+
+def test_spec_options_and_errors(tmp_path):
+    spec = scene_spec("small", objects=(3, 3), classes=("diamond", "cross"))
+    assert spec.layout == "ground" and spec.categories()[1] == {"id": 2, "name": "cross", "supercategory": "shape"}
+    generate_dataset(tmp_path, num_train=4, num_val=1, size=48, seed=0, spec=spec)
+    coco = COCO(str(tmp_path / "annotations" / "train.json"))
+    assert sorted(c["name"] for c in coco.loadCats(coco.getCatIds())) == ["cross", "diamond"]
+    assert coco.dataset["info"]["scene"]["classes"] == ["diamond", "cross"]
+    assert parse_range("2-7", int, "objects") == (2, 7) and parse_range("0.1", float, "x") == (0.1, 0.1)
+    for bad in (dict(objects=(0, 3)), dict(objects=(4, 2)), dict(object_size=(0.1, 0.9)),
+                dict(classes=("hexagon",)), dict(classes=()), dict(distractors=(2, 1))):
+        try:
+            SceneSpec(**bad)
+        except ValueError as err:
+            assert "make-synthetic" in str(err)
+        else:
+            raise AssertionError(f"accepted {bad}")
+
+
+def test_make_synthetic_cli_preset(tmp_path):
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "cli.py", "make-synthetic", "--out", str(tmp_path / "s"), "--num-train", "3",
+                          "--num-val", "1", "--size", "64", "--preset", "small", "--objects", "9-9"],
+                         cwd=root, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    coco = COCO(str(tmp_path / "s" / "annotations" / "train.json"))
+    assert len(coco.getCatIds()) == 4
+    bad = subprocess.run([sys.executable, "cli.py", "make-synthetic", "--out", str(tmp_path / "t"), "--objects", "x-2"],
+                         cwd=root, capture_output=True, text=True)
+    assert bad.returncode != 0 and "--objects" in bad.stderr + bad.stdout
