@@ -31,13 +31,21 @@ def _message(err: BaseException) -> str:
     return str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
 
 
-def _load(config: str | None, overrides: tuple[str, ...]):
-    from pipeline.config_io import ConfigError, load_config
+def _resolve(config: str | None, overrides: tuple[str, ...]):
+    """The config with the source of every key; its warnings (schedule traps) are printed to stderr."""
+    from pipeline.config_io import ConfigError, resolve_config
 
     try:
-        return load_config(config, overrides)
+        resolved = resolve_config(config, overrides)
     except ConfigError as err:
         raise click.ClickException(str(err)) from err
+    for message in resolved.warnings:
+        click.echo(f"warning: {message}", err=True)
+    return resolved
+
+
+def _load(config: str | None, overrides: tuple[str, ...]):
+    return _resolve(config, overrides).config
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -104,6 +112,26 @@ def make_splits(ann: str, out_dir: str, percents: str, seeds: str, unlabeled_inc
         raise click.ClickException(str(err)) from err
     for path in written:
         click.echo(path)
+
+
+@main.command("remap-ids")
+@click.argument("jsons", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Folder for the new JSONs (same names) and id_map.json.")
+def remap_ids_cmd(jsons: tuple[str, ...], out_dir: str) -> None:
+    """Make image ids unique across COCO JSONs / image lists (e.g. train and val both numbered from 1).
+
+    The first file keeps its ids; a repeated id gets a new one above all ids, annotations follow, and
+    id_map.json records what changed. Remap the full annotation files, then run make-splits on them."""
+    from pipeline.data.remap_ids import remap_ids
+
+    try:
+        result = remap_ids([Path(p) for p in jsons], Path(out_dir))
+    except ValueError as err:
+        raise click.ClickException(str(err)) from err
+    for src, out in zip(jsons, result.outputs, strict=True):
+        click.echo(f"{out}: {len(result.changed[src])} ids changed (from {src})")
+    click.echo(f"mapping: {result.map_path}")
 
 
 @main.command("convert-cityscapes")
@@ -300,13 +328,19 @@ def cache_export_cmd(key: str, fmt: str, out: str, root: str | None, config: str
 @main.command("train", context_settings={"ignore_unknown_options": False})
 @click.option("--config", type=click.Path(exists=True, dir_okay=False), help=CONFIG_HELP)
 @click.option("--resume", is_flag=True, help="Continue from the run's last checkpoint (exactly).")
+@click.option("--overwrite", is_flag=True,
+              help="The run folder holds an earlier run: delete its checkpoints and metrics and start afresh.")
 @click.argument("overrides", nargs=-1)
-def train_cmd(config: str | None, resume: bool, overrides: tuple[str, ...]) -> None:
-    """Train (supervised, or teacher-student when semi.enabled) reading depth from the cache."""
+def train_cmd(config: str | None, resume: bool, overwrite: bool, overrides: tuple[str, ...]) -> None:
+    """Train (supervised, or teacher-student when semi.enabled) reading depth from the cache.
+
+    A run folder (train.output_dir) that already holds a run is refused unless --resume or --overwrite."""
+    from pipeline.engine.run_dir import prepare_run_dir
     from pipeline.engine.trainer import train
 
     cfg = _load(config, overrides)
     try:
+        prepare_run_dir(cfg.train.output_dir, resume, overwrite, is_main=int(os.environ.get("RANK", "0")) == 0)
         metrics = train(cfg, resume=resume)
     except _user_errors() as err:
         raise click.ClickException(_message(err)) from err
@@ -355,6 +389,29 @@ def predict_cmd(config: str | None, checkpoint: str, inputs: tuple[str, ...], ou
     except _user_errors() as err:
         raise click.ClickException(_message(err)) from err
     click.echo(f"wrote {len(written)} pictures and predictions.json to {out_dir}")
+
+
+# ---------------------------------------------------------------- configuration
+# (command group: config)
+
+
+@main.group("config")
+def config_group() -> None:
+    """Inspect configurations."""
+
+
+@config_group.command("show")
+@click.option("--config", type=click.Path(exists=True, dir_okay=False), help=CONFIG_HELP)
+@click.option("--changed", is_flag=True, help="Only the keys whose value differs from the default.")
+@click.argument("overrides", nargs=-1)
+def config_show_cmd(config: str | None, changed: bool, overrides: tuple[str, ...]) -> None:
+    """The resolved config: every key with its value, default, source and meaning (* = not the default).
+
+    Checks it as training would: a value out of range fails, schedule traps are warned about."""
+    from pipeline.config_show import format_config
+
+    resolved = _resolve(config, overrides)
+    click.echo(format_config(resolved, changed_only=changed))
 
 
 # ---------------------------------------------------------------- benchmarks

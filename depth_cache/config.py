@@ -1,53 +1,79 @@
 """Settings of stage one: which estimator produces depth, and how the cache stores it.
 
 Stage one knows nothing of stage two, so its settings live here; `pipeline.config.Config`
-embeds them as its `depth` section.
+embeds them as its `depth` section. Each field carries the same metadata as the fields of
+`pipeline/config.py` (a one-line `help`; for numbers a `range` interval such as "[1, inf)"),
+which `pipeline.config_io` checks at load time and `cli.py config show` prints.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
+
+
+def _setting(default: Any = None, *, help: str, range: Optional[str] = None,  # noqa: A002
+             factory: Optional[Callable[[], Any]] = None) -> Any:
+    # the same field metadata as pipeline.config.setting (this layer cannot import pipeline)
+    meta = {"help": help} if range is None else {"help": help, "range": range}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass
 class EstimatorConfig:
     """Which depth estimator runs, on what, at which input size."""
 
-    # depth-anything-v2-{vits,vitb,vitl,vitg}, tiny (random-init DAv2 of the same architecture), files
-    name: str = "tiny"
-    weights: Optional[str] = None  # local checkpoint path (official `depth_anything_v2_*.pth`)
-    depth_dir: Optional[str] = None  # `files` source: folder of 16-bit PNG / .npy maps named by image stem
-    depth_kind: Literal["depth", "disparity"] = "depth"  # what the `files` maps hold
-    input_size: int = 518  # short side of the network input (multiple of the patch size)
-    device: str = "auto"  # auto = cuda when present
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto = bf16 on cuda, fp32 on cpu
-    seed: int = 0  # random init of `tiny`
+    name: str = _setting(
+        "tiny",
+        help="depth source: depth-anything-v2-{vits,vitb,vitl,vitg}, tiny (random-init DAv2, for tests) or files")
+    weights: Optional[str] = _setting(
+        None, help="local checkpoint of a DAv2 estimator (the official depth_anything_v2_*.pth)")
+    depth_dir: Optional[str] = _setting(
+        None, help="files source: folder of 16-bit PNG / .npy depth maps named by image stem")
+    depth_kind: Literal["depth", "disparity"] = _setting(
+        "depth", help="files source: what the maps hold (depth: far = larger; disparity: near = larger)")
+    input_size: int = _setting(
+        518, range="[1, inf)",
+        help="short side of the network input (DAv2: a multiple of 14, 518 official); files: of the stored maps")
+    device: str = _setting("auto", help="where the estimator runs: auto (cuda when present), cpu, cuda or cuda:N")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = _setting(
+        "auto", help="estimator arithmetic: auto = bf16 on cuda, fp32 on cpu")
+    seed: int = _setting(0, range="[0, inf)", help="tiny source: seed of its random initialisation")
 
 
 @dataclass
 class CacheConfig:
     """Where and how the cache is stored."""
 
-    root: str = "caches"  # local path or fsspec URL (e.g. s3://bucket/caches, memory://caches)
-    levels: list[str] = field(default_factory=lambda: ["path_4"])  # decoder maps to store
-    dtype: Literal["fp16", "int8"] = "fp16"
-    depth_stride: int = 4  # stored depth resolution = network input / depth_stride
-    shard_size: int = 64  # images per shard file (the unit of write ownership)
-    batch_size: int = 8  # images per estimator call in precompute
-    num_workers: int = 2  # image-decoding DataLoader workers in precompute
-    # also store the maps of the horizontally flipped image (`maps/<name>@flip`): a network is not
-    # flip-equivariant, so flipping the cached maps only approximates them; costs 2x precompute time
-    # and bytes. Network sources only (a flip of `files` maps is exact).
-    flip_views: bool = False
+    root: str = _setting(
+        "caches", help="cache root: a folder or an fsspec URL (s3://bucket/caches); one sub-folder per cache key")
+    levels: list[str] = _setting(
+        factory=lambda: ["path_4"],
+        help="maps stored besides depth: DAv2/tiny decoder maps path_1..path_4, or files' pyramid depth_s{k}")
+    dtype: Literal["fp16", "int8"] = _setting(
+        "fp16", help="stored precision of the maps (int8: one scale per channel, about half the bytes)")
+    depth_stride: int = _setting(
+        4, range="[1, inf)", help="stored depth resolution = network input / depth_stride")
+    shard_size: int = _setting(
+        64, range="[1, inf)", help="images per shard file (the unit of writing and of resuming a killed job)")
+    batch_size: int = _setting(8, range="[1, inf)", help="images per estimator call in precompute")
+    num_workers: int = _setting(2, range="[0, inf)", help="image-decoding DataLoader workers in precompute")
+    # a network is not flip-equivariant, so flipping the cached maps only approximates them; costs
+    # 2x precompute time and bytes. Network sources only (a flip of `files` maps is exact).
+    flip_views: bool = _setting(
+        False, help="also store the maps of the horizontally flipped image (maps/<name>@flip) for exact flips")
 
 
 @dataclass
 class DepthConfig:
     """Stage one as a whole, plus how stage two obtains depth."""
 
-    # cache: read precomputed maps (no depth inference in training);
-    # online: run the estimator inside the training step; none: no depth at all
-    mode: Literal["cache", "online", "none"] = "cache"
+    mode: Literal["cache", "online", "none"] = _setting(
+        "cache",
+        help="cache: read precomputed maps (no depth inference in training); online: run the estimator "
+             "in each step; none: no depth")
     estimator: EstimatorConfig = field(default_factory=EstimatorConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)

@@ -1,8 +1,11 @@
 """Map YAML files and `a.b.c=value` overrides onto the typed `Config` tree.
 
-Every error names the file and the dotted key, and is raised at load time: an unknown key,
-a value of the wrong type, a missing file. A YAML file may start from another with
-`base: other.yaml` (resolved relative to the file); keys then override the base's.
+Every error names the dotted key and where its value came from (the YAML file that set it, or
+the command-line override), and is raised at load time: an unknown key, a value of the wrong
+type or out of its declared range (`pipeline.config_check`), fields that contradict each other,
+a missing file. Schedules that load but defeat their purpose (a burn-in longer than stage B, ...)
+give `ConfigWarning`s. A YAML file may start from another with `base: other.yaml` (resolved
+relative to the file); keys then override the base's.
 """
 
 from __future__ import annotations
@@ -11,49 +14,83 @@ import dataclasses
 import re
 import types
 import typing
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Union
 
 import yaml
 
 from pipeline.config import Config
+from pipeline.config_check import ConfigError, ConfigWarning, check_config
+
+__all__ = ["ConfigError", "ConfigWarning", "ResolvedConfig", "load_config", "resolve_config", "from_dict",
+           "to_dict", "save_config"]
 
 _FLOAT_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+DEFAULT = "default"
 
 
-class ConfigError(ValueError):
-    """A config file or override that does not fit the `Config` tree."""
+@dataclass
+class ResolvedConfig:
+    """A loaded config with the source of every key it sets and the warnings it raised."""
+
+    config: Config
+    origins: dict[str, str]  # dotted key -> the file or command-line override that set it
+    warnings: list[str]
+
+    def where(self, key: str) -> str:
+        return _lookup(self.origins, key, DEFAULT)
 
 
 def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
-    """Build a `Config` from an optional YAML file and `a.b.c=value` overrides."""
+    """Build a `Config` from an optional YAML file and `a.b.c=value` overrides (warnings as `ConfigWarning`)."""
+    resolved = resolve_config(path, overrides)
+    for message in resolved.warnings:
+        warnings.warn(message, ConfigWarning, stacklevel=2)
+    return resolved.config
+
+
+def resolve_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> ResolvedConfig:
+    """`load_config` that also returns where each key came from and the warnings (not emitted)."""
     raw: dict[str, Any] = {}
-    source = "<defaults>"
+    origins: dict[str, str] = {}
     if path is not None:
-        raw = _read_yaml_with_base(Path(path), seen=())
-        source = str(path)
+        raw = _read_yaml_with_base(Path(path), seen=(), origins=origins)
     for item in overrides:
         key, value = _parse_override(item)
         _set_dotted(raw, key, value)
-    return from_dict(Config, raw, source=source)
+        _record(origins, key, value, f"command-line override '{item}'")
+    cfg = from_dict(Config, raw, source=str(path) if path is not None else DEFAULT, origins=origins)
+    found = check_config(cfg, lambda key: _lookup(origins, key, DEFAULT))
+    return ResolvedConfig(cfg, origins, found)
 
 
-def from_dict(cls: type, data: dict[str, Any], source: str = "<dict>", prefix: str = "") -> Any:
-    """Recursively build dataclass `cls` from `data`, checking keys and types."""
+def from_dict(cls: type, data: dict[str, Any], source: str = "<dict>", prefix: str = "",
+              origins: dict[str, str] | None = None) -> Any:
+    """Recursively build dataclass `cls` from `data`, checking keys and types.
+
+    Errors name `origins[key]` (the file or override that set the key) where known, else `source`."""
+    origins = origins or {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{source}: '{prefix or '<root>'}' must be a mapping, got {type(data).__name__}")
+        raise ConfigError(f"{_lookup(origins, prefix, source)}: '{prefix or '<root>'}' must be a mapping, "
+                          f"got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
         where = prefix or "<root>"
-        raise ConfigError(
-            f"{source}: unknown key(s) {', '.join(_join(prefix, k) for k in unknown)} "
-            f"(valid keys under {where}: {', '.join(sorted(names))})"
-        )
+        by_origin: dict[str, list[str]] = {}
+        for k in unknown:
+            key = _join(prefix, k)
+            by_origin.setdefault(_lookup(origins, key, source), []).append(key)
+        raise ConfigError("; ".join(
+            f"{origin}: unknown key(s) {', '.join(keys)}" for origin, keys in by_origin.items()
+        ) + f" (valid keys under {where}: {', '.join(sorted(names))})")
     kwargs = {}
     for name, value in data.items():
-        kwargs[name] = _convert(hints[name], value, source, _join(prefix, name))
+        key = _join(prefix, name)
+        kwargs[name] = _convert(hints[name], value, _lookup(origins, key, source), key, origins)
     return cls(**kwargs)
 
 
@@ -70,11 +107,24 @@ def _join(prefix: str, key: str) -> str:
     return f"{prefix}.{key}" if prefix else key
 
 
-def _convert(tp: Any, value: Any, source: str, key: str) -> Any:
+def _lookup(origins: dict[str, str], key: str, fallback: str) -> str:
+    """The source that set `key` (list indices dropped); `fallback` for a key nobody set."""
+    return origins.get(re.sub(r"\[\d+\]", "", key), fallback)
+
+
+def _record(origins: dict[str, str], key: str, value: Any, source: str) -> None:
+    """Mark `key` and every key nested in its value as set by `source`."""
+    origins[key] = source
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _record(origins, f"{key}.{k}", v, source)
+
+
+def _convert(tp: Any, value: Any, source: str, key: str, origins: dict[str, str] | None = None) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if dataclasses.is_dataclass(tp):
-        return from_dict(tp, value if value is not None else {}, source, key)
+        return from_dict(tp, value if value is not None else {}, source, key, origins)
     if origin in (Union, types.UnionType):
         if value is None and type(None) in args:
             return None
@@ -119,7 +169,7 @@ def _convert(tp: Any, value: Any, source: str, key: str) -> Any:
     raise ConfigError(f"{source}: '{key}' has an unsupported type {tp}")
 
 
-def _read_yaml_with_base(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
+def _read_yaml_with_base(path: Path, seen: tuple[Path, ...], origins: dict[str, str]) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     if path.resolve() in seen:
@@ -131,11 +181,11 @@ def _read_yaml_with_base(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
     base = data.pop("base", None)
-    if base is None:
-        return data
-    if not isinstance(base, str):
+    if base is not None and not isinstance(base, str):
         raise ConfigError(f"{path}: 'base' must be a file name, got {base!r}")
-    merged = _read_yaml_with_base((path.parent / base), seen + (path.resolve(),))
+    merged = {} if base is None else _read_yaml_with_base((path.parent / base), seen + (path.resolve(),), origins)
+    for key, value in data.items():  # this file's keys override its base's, and so does their source
+        _record(origins, str(key), value, str(path))
     _deep_merge(merged, data)
     return merged
 
