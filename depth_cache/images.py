@@ -81,7 +81,9 @@ def merge_records(groups: list[list[ImageRecord]]) -> list[ImageRecord]:
             if old is None:
                 seen[r.id] = r
             elif Path(old.path).resolve() != Path(r.path).resolve():
-                raise ValueError(f"image id {r.id} names two files: {old.path} and {r.path}")
+                raise ValueError(f"image id {r.id} names two files: {old.path} and {r.path} (two JSONs that "
+                                 "number their images alike, e.g. train and val both from 1? `python cli.py "
+                                 "remap-ids TRAIN.json VAL.json --out DIR` writes copies with unique ids)")
     return list(seen.values())
 
 

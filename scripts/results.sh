@@ -29,7 +29,7 @@ split_of() {  # split_of PCT: the overrides for the labelled and unlabelled list
 run() {  # run NAME OVERRIDES...: train, then evaluate its last checkpoint
   local name=$1; shift
   if [ -f "$OUT/$name/eval/metrics.json" ]; then echo "skip $name (done)"; return; fi
-  local resume=""; [ -f "$OUT/$name/last_checkpoint" ] && resume="--resume"
+  local resume="--overwrite"; [ -f "$OUT/$name/last_checkpoint" ] && resume="--resume"  # no checkpoint: afresh
   python cli.py train --config configs/demo.yaml $resume "train.output_dir=$OUT/$name" $COMMON "$@" \
     > "$OUT/$name.log" 2>&1
   python cli.py evaluate --config configs/demo.yaml --checkpoint "$OUT/$name" --out "$OUT/$name/eval" \

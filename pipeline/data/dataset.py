@@ -165,6 +165,10 @@ def build_train_dataset(cfg: Config, reader: Any = None) -> InstanceDataset:
     d = cfg.data
     t = build_train_transforms(d.image_size, d.min_scale, d.max_scale, d.hflip, d.feature_stride)
     ds = InstanceDataset(Path(d.image_dir), Path(d.train_json), t, reader, d.skip_missing_cache, feature_levels(cfg))
+    if not any(ds.data.instances(r["id"]) for r in ds.images):
+        # every loss would only teach "no object": almost certainly the wrong file or an empty split
+        raise DataError(f"{ds.source}: the labelled split has no training annotations ({len(ds.images)} images, "
+                        "0 non-crowd instances); check data.train_json (make-splits writes *_labeled.json)")
     return _check_classes(ds, cfg)
 
 

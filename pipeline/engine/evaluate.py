@@ -43,11 +43,14 @@ def evaluate_checkpoint(cfg: Config, checkpoint: str | Path, out_dir: str | Path
     evaluator = Evaluator(val_ds.coco, max_detections=cfg.eval.max_detections)
     for image_id, pred in preds:
         evaluator.process([image_id], [pred])
-    metrics = evaluator.evaluate()
+    # which weights were scored: a teacher-student checkpoint holds several, and "auto" picks one
+    metrics = {**evaluator.evaluate(), "weights": key, "checkpoint": str(checkpoint),
+               "iteration": ckpt.get("iteration")}
     out = Path(out_dir) if out_dir else Path(checkpoint).parent / f"eval_{Path(checkpoint).stem}"
     out.mkdir(parents=True, exist_ok=True)
     save_metrics(metrics, out / "metrics.json")
     save_results(evaluator.results, out / "results.json")
+    print(f"{key} weights of {checkpoint} (iteration {ckpt.get('iteration', '?')}) on {cfg.data.val_json}:")
     print(format_table(metrics))
     print(f"wrote {out / 'metrics.json'} and {out / 'results.json'}")
     return metrics
