@@ -336,11 +336,12 @@ def train_cmd(config: str | None, resume: bool, overwrite: bool, overrides: tupl
 
     A run folder (train.output_dir) that already holds a run is refused unless --resume or --overwrite."""
     from pipeline.engine.run_dir import prepare_run_dir
-    from pipeline.engine.trainer import train
 
     cfg = _load(config, overrides)
     try:
         prepare_run_dir(cfg.train.output_dir, resume, overwrite, is_main=int(os.environ.get("RANK", "0")) == 0)
+        from pipeline.engine.trainer import train  # after the cheap checks: it imports torch
+
         metrics = train(cfg, resume=resume)
     except _user_errors() as err:
         raise click.ClickException(_message(err)) from err

@@ -127,6 +127,10 @@ def check_consistency(cfg: Any, where: Where) -> None:
         raise ConfigError(f"the Depth Controller needs min_weight <= init_weight <= max_weight, got "
                           f"{kv('semi.controller.min_weight')}, {kv('semi.controller.init_weight')}, "
                           f"{kv('semi.controller.max_weight')}")
+    est = cfg.depth.estimator
+    if est.name.startswith("depth-anything-v2") and est.input_size % 14:
+        raise ConfigError(f"{kv('depth.estimator.input_size')} is not a multiple of 14, the patch size of "
+                          f"{est.name} (518 is the official size; 266, 364 are cheaper on a CPU)")
     if cfg.depth.mode == "none" and cfg.model.depth_fusion.enabled:
         raise ConfigError(f"{kv('model.depth_fusion.enabled')} needs depth features, but {kv('depth.mode')}: "
                           "set model.depth_fusion.enabled=false or choose depth.mode cache/online")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from pipeline.engine.checkpoint import LAST
+LAST = "last_checkpoint"  # = pipeline.engine.checkpoint.LAST; not imported so that a refusal needs no torch
 
 # what a run writes into its folder (trainer, checkpoints, metrics log, curves) and `evaluate`'s
 # default output folders; nothing else in the folder is touched by --overwrite

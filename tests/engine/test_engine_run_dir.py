@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config_io import save_config
 from pipeline.engine.checkpoint import LAST
 from pipeline.engine.run_dir import RunDirError, prepare_run_dir
 
@@ -52,18 +51,27 @@ def _train_cli(config: Path, *flags: str):
                           capture_output=True, text=True, timeout=300)
 
 
-def test_train_command_refuses_then_overwrites(tiny_cache, tiny_config, tmp_path):
+def test_train_command_refuses_a_folder_with_a_run(tmp_path):
     run = tmp_path / "run"
     _old_run(run)
     config = tmp_path / "cfg.yaml"
-    save_config(tiny_config(tiny_cache, run, "train.max_iter=2", "train.checkpoint_period=0"), config)
+    config.write_text(f"train:\n  output_dir: {run}\n")
     proc = _train_cli(config)
     assert proc.returncode != 0
-    assert f"{run} already holds a run" in proc.stderr and "--overwrite" in proc.stderr
+    assert f"{run} already holds a run" in proc.stderr and "--resume" in proc.stderr and "--overwrite" in proc.stderr
     assert (run / "model_0000009.pth").read_bytes() == b"old"  # nothing lost
-    proc = _train_cli(config, "--overwrite")
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = _train_cli(config, "--resume", "--overwrite")
+    assert proc.returncode != 0 and "exclude each other" in proc.stderr
+
+
+def test_overwrite_then_train_starts_afresh(tiny_cache, tiny_config, tmp_path):
+    from pipeline.engine.trainer import train
+
+    run = tmp_path / "run"
+    _old_run(run)
+    prepare_run_dir(run, resume=False, overwrite=True)  # what `train --overwrite` does before training
+    train(tiny_config(tiny_cache, run, "train.max_iter=2", "train.checkpoint_period=0"))
     rows = [json.loads(s) for s in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["iter"] for r in rows if "loss" in r] == [1, 2]  # one row per iteration, none of the old run
     assert sorted(p.name for p in run.glob("model_*.pth")) == ["model_0000002.pth"]
-    assert (run / "notes.txt").read_text() == "mine"
+    assert (run / LAST).read_text() == "model_0000002.pth" and (run / "notes.txt").read_text() == "mine"
