@@ -338,10 +338,13 @@ def train_cmd(config: str | None, resume: bool, overwrite: bool, overrides: tupl
     from pipeline.engine.run_dir import prepare_run_dir
 
     cfg = _load(config, overrides)
-    try:
+    try:  # before anything imports torch, so a refusal is immediate
         prepare_run_dir(cfg.train.output_dir, resume, overwrite, is_main=int(os.environ.get("RANK", "0")) == 0)
-        from pipeline.engine.trainer import train  # after the cheap checks: it imports torch
+    except ValueError as err:
+        raise click.ClickException(str(err)) from err
+    from pipeline.engine.trainer import train
 
+    try:
         metrics = train(cfg, resume=resume)
     except _user_errors() as err:
         raise click.ClickException(_message(err)) from err
