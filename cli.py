@@ -257,21 +257,32 @@ def cache_info_cmd(key: str, root: str | None, config: str | None) -> None:
 @ROOT_OPTION
 @CONFIG_OPTION
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def cache_verify_cmd(key: str, root: str | None, config: str | None, quiet: bool) -> None:
+@click.option("--repair", is_flag=True,
+              help="Drop the shards with problems (markers and files) so that precompute-depth recomputes them. "
+                   "Not while a precompute job writes this cache.")  # fmt: skip
+def cache_verify_cmd(key: str, root: str | None, config: str | None, quiet: bool, repair: bool) -> None:
     """Every finished entry readable, finite, of the right shape; per-shard checksums re-checked."""
-    from depth_cache.catalog import verify_cache
+    from depth_cache.catalog import repair_cache, verify_cache
     from depth_cache.store import CacheError
 
+    root = _root(root, config)
     try:
-        result = verify_cache(_root(root, config), key, progress=not quiet)
+        result = verify_cache(root, key, progress=not quiet)
     except CacheError as err:
         raise click.ClickException(str(err)) from err
     for problem in result.problems[:50]:
         click.echo(f"  {problem}")
     click.echo(f"{'ok' if result.ok else 'FAILED'}: {result.images} images in {result.shards} shards, "
                f"{len(result.problems)} problems")  # fmt: skip
-    if not result.ok:
-        sys.exit(1)
+    if result.ok:
+        return
+    if repair:
+        report = repair_cache(root, key, result.bad_shards)
+        click.echo(f"repaired: dropped shards {result.bad_shards}; {report['images']} images remain; "
+                   "run precompute-depth again (same inputs) to recompute the dropped images")  # fmt: skip
+        return
+    click.echo(f"run `cache verify {key} --root {root} --repair` to drop the damaged shards, then precompute-depth")
+    sys.exit(1)
 
 
 @cache_group.command("export")

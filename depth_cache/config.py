@@ -40,6 +40,9 @@ class CacheConfig:
     # flip-equivariant, so flipping the cached maps only approximates them; costs 2x precompute time
     # and bytes. Network sources only (a flip of `files` maps is exact).
     flip_views: bool = False
+    # precompute jobs on one key claim shards with a lease renewed every lease_s/4; a killed job's
+    # shards are taken over lease_s after its last heartbeat (not keyed)
+    lease_s: float = 120.0
 
 
 @dataclass

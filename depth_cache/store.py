@@ -202,6 +202,30 @@ class CacheStore:
                     known[shard] = marker
         return dict(sorted(known.items()))
 
+    def drop_shards(self, shards: list[int]) -> None:
+        """Forget finished shards: markers first (the entries stop existing), then index.json, then files."""
+        drop = set(int(k) for k in shards)
+        if not drop:
+            return
+        for shard in drop:
+            marker = f"{self.path}/{MARKER_DIR}/{shard:06d}.json"
+            if self.fs.exists(marker):
+                self.fs.rm(marker)
+        index = self.read_json(INDEX_FILE)
+        if index is not None:
+            index["shards"] = {k: v for k, v in index.get("shards", {}).items() if int(k) not in drop}
+            self.write_json(INDEX_FILE, index)
+        manifest = self.manifest()
+        paths = [array_path(n) for n in manifest["map_names"]]
+        if manifest["storage_dtype"] == "int8":
+            paths += [array_path(n, scale=True) for n in manifest["map_names"]]
+        for path in paths:
+            ndim = len(self.array_meta(path)["shape"])
+            for shard in drop:
+                f = self.shard_file(path, shard, ndim)
+                if self.fs.exists(f):
+                    self.fs.rm(f)
+
     def write_index(self) -> dict[int, dict[str, Any]]:
         """Merge all markers into index.json (one read to open the cache, also on object storage)."""
         markers = self.read_markers()
