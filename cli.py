@@ -154,10 +154,13 @@ def _stage_one_cfg(config: str | None, overrides: tuple[str, ...], estimator=Non
 @click.option("--depth-kind", type=click.Choice(["depth", "disparity"]), help="`files`: what the maps hold.")
 @click.option("--root", help="Cache root: a folder or an fsspec URL.")
 @click.option("--retry-failed", is_flag=True, help="Try again the images that failed in an earlier run.")
+@click.option("--allow-symlinks-outside", is_flag=True,
+              help="Accept image files that are symlinks to outside their folder (else refused; "
+                   "also data.allow_symlinks_outside).")  # fmt: skip
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.argument("overrides", nargs=-1)
 def precompute_depth(config, jsons, splits, image_dir, image_folder, estimator, weights, depth_dir, depth_kind,
-                     root, retry_failed, quiet, overrides) -> None:  # fmt: skip
+                     root, retry_failed, allow_symlinks_outside, quiet, overrides) -> None:  # fmt: skip
     """Run the depth source once over the images into the shared cache (resumable; torchrun for N processes).
 
     Without --coco/--split/--image-folder it covers the config's labelled, unlabelled and val images."""
@@ -166,13 +169,14 @@ def precompute_depth(config, jsons, splits, image_dir, image_folder, estimator, 
 
     cfg = _stage_one_cfg(config, overrides, estimator=estimator, weights=weights, depth_dir=depth_dir,
                          depth_kind=depth_kind, root=root)  # fmt: skip
+    links = allow_symlinks_outside or cfg.data.allow_symlinks_outside
     try:
         groups = []
         if jsons or splits:
             folder = image_dir or cfg.data.image_dir
-            groups += [records_from_json(p, folder) for p in (*jsons, *splits)]
+            groups += [records_from_json(p, folder, links) for p in (*jsons, *splits)]
         if image_folder:
-            groups.append(records_from_folder(image_folder))
+            groups.append(records_from_folder(image_folder, links))
         if not groups:
             data = cfg.data
             pairs = [(data.train_json, data.image_dir), (data.unlabeled_list, data.image_dir),
@@ -183,12 +187,15 @@ def precompute_depth(config, jsons, splits, image_dir, image_folder, estimator, 
             if missing:
                 raise ValueError(f"the config's data files do not exist: {', '.join(missing)} (make them first, "
                                  "e.g. with make-synthetic/make-splits, or give --coco/--split/--image-folder)")
-            groups = [records_from_json(p, d) for p, d in pairs if p]
+            groups = [records_from_json(p, d, links) for p, d in pairs if p]
         records = merge_records(groups)
         result = run_precompute(records, cfg.depth.estimator, cfg.depth.cache, retry_failed=retry_failed,
                                 progress=not quiet)  # fmt: skip
     except (ValueError, OSError) as err:
         raise click.ClickException(str(err)) from err
+    if result.lost_shards:
+        click.echo(f"shards {result.lost_shards}: computed, but dropped: this job's claim lapsed and another job took "
+                   "them over (is the machine overloaded? raise depth.cache.lease_s)")  # fmt: skip
     if int(os.environ.get("RANK", "0")) == 0:
         click.echo(f"cache {result.key} at {result.root}: {result.computed} computed in this process "
                    f"({result.images_per_s:.1f} img/s), {result.already_done} already there, "

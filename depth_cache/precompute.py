@@ -31,8 +31,8 @@ from tqdm import tqdm
 
 from depth_cache.claims import ClaimingSampler, ShardClaims
 from depth_cache.config import CacheConfig, EstimatorConfig
-from depth_cache.fingerprint import check_cached_ids, check_stems
 from depth_cache.entry import quantise_int8
+from depth_cache.fingerprint import check_cached_ids, check_stems
 from depth_cache.geometry import Canvas, Geometry, fit_frame, make_canvas
 from depth_cache.images import ImageRecord, LoadDataset
 from depth_cache.key import CANVAS_ASPECT, cache_key, diff_fields, key_fields

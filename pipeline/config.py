@@ -32,6 +32,8 @@ class DataConfig:
     feature_stride: int = 8  # cached feature maps are brought to this stride of the image
     num_workers: int = 2
     skip_missing_cache: bool = False  # skip images without a cache entry instead of failing
+    # image files that are symlinks to outside image_dir are refused unless this is set (cache-integrity)
+    allow_symlinks_outside: bool = False
 
 
 @dataclass
