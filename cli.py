@@ -170,6 +170,7 @@ def precompute_depth(config, jsons, splits, image_dir, image_folder, estimator, 
     cfg = _stage_one_cfg(config, overrides, estimator=estimator, weights=weights, depth_dir=depth_dir,
                          depth_kind=depth_kind, root=root)  # fmt: skip
     links = allow_symlinks_outside or cfg.data.allow_symlinks_outside
+    cfg.depth.estimator.allow_symlinks_outside = links or cfg.depth.estimator.allow_symlinks_outside
     try:
         groups = []
         if jsons or splits:

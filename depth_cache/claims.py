@@ -32,7 +32,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from depth_cache.store import MARKER_DIR, CacheStore
+from depth_cache.store import MARKER_DIR, CacheStore, create_exclusive
 
 CLAIM_DIR = "claims"
 
@@ -75,35 +75,14 @@ class ShardClaims:
                            "images": images}).encode()  # fmt: skip
 
     def _create_exclusive(self, path: str, data: bytes) -> bool:
-        fs = self.store.fs
-        if self.store.local:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-            with open(tmp, "wb") as f:
-                f.write(data)
+        ok = create_exclusive(self.store, path, data)
+        if ok is None:  # no exclusive create on this store: best effort, see the module docstring
+            time.sleep(0.2)
             try:
-                os.link(tmp, path)  # atomic and complete: the claim appears with its content or not at all
-                return True
-            except FileExistsError:
+                return json.loads(self.store.fs.cat_file(path)).get("owner") == self.owner
+            except (FileNotFoundError, ValueError):
                 return False
-            finally:
-                os.unlink(tmp)
-        try:
-            with fs.open(path, "xb") as f:
-                f.write(data)
-            return True
-        except FileExistsError:
-            return False
-        except (ValueError, NotImplementedError, TypeError):
-            pass  # no exclusive create on this store: best effort, see the module docstring
-        if fs.exists(path):
-            return False
-        fs.pipe_file(path, data)
-        time.sleep(0.2)
-        try:
-            return json.loads(fs.cat_file(path)).get("owner") == self.owner
-        except (FileNotFoundError, ValueError):
-            return False
+        return ok
 
     def _write(self, path: str, data: bytes) -> None:
         if self.store.local:

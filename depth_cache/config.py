@@ -23,6 +23,8 @@ class EstimatorConfig:
     device: str = "auto"  # auto = cuda when present
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto = bf16 on cuda, fp32 on cpu
     seed: int = 0  # random init of `tiny`
+    # `files`: accept maps that are symlinks to outside depth_dir (refused by default; not keyed)
+    allow_symlinks_outside: bool = False
 
 
 @dataclass

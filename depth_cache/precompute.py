@@ -36,7 +36,16 @@ from depth_cache.fingerprint import check_cached_ids, check_stems
 from depth_cache.geometry import Canvas, Geometry, fit_frame, make_canvas
 from depth_cache.images import ImageRecord, LoadDataset
 from depth_cache.key import CANVAS_ASPECT, cache_key, diff_fields, key_fields
-from depth_cache.store import FLIP_SUFFIX, REPORT_FILE, CacheError, CacheStore, array_path, checksum, flip_name
+from depth_cache.store import (
+    FLIP_SUFFIX,
+    REPORT_FILE,
+    CacheError,
+    CacheStore,
+    array_path,
+    checksum,
+    create_exclusive,
+    flip_name,
+)
 
 FP16_MAX = 65504.0
 
@@ -107,12 +116,30 @@ def build_manifest(key: str, fields: dict, runner, cache_cfg: CacheConfig, canva
     }
 
 
-def ensure_cache(store: CacheStore, fields: dict, runner, cache_cfg: CacheConfig, canvas: Canvas, dist: DistInfo):
-    """Create the cache (rank 0) unless it exists; every rank returns its manifest."""
+def ensure_cache(store: CacheStore, fields: dict, runner, cache_cfg: CacheConfig, canvas: Canvas, dist: DistInfo,
+                 wait_s: float = 300.0):  # fmt: skip
+    """Create the cache (rank 0) unless it exists; every rank returns its manifest. Independent jobs
+    starting together: one wins the exclusive `<key>.creating` file and creates, the others wait for
+    its manifest (creating twice would wipe the first job's arrays)."""
+    lock = f"{store.path}.creating"
     if dist.rank == 0 and not store.exists():
-        store.create(build_manifest(store.key, fields, runner, cache_cfg, canvas))
+        won = create_exclusive(store, lock, b"")
+        try:
+            if won is not False and not store.exists():  # re-check: a job may have finished creating just now
+                store.create(build_manifest(store.key, fields, runner, cache_cfg, canvas))
+        finally:
+            if won is not False:
+                store.fs.rm(lock)
     dist.barrier()
-    manifest = store.manifest()
+    deadline = time.time() + wait_s
+    while True:
+        try:
+            manifest = store.manifest()
+            break
+        except CacheError:
+            if time.time() > deadline or not (store.fs.exists(lock) or not store.exists()):
+                raise
+            time.sleep(0.2)  # another job is creating the cache
     if manifest["fields"] != fields:
         diff = "; ".join(diff_fields(manifest["fields"], fields))
         raise CacheError(f"{store}: manifest differs from the settings: {diff}")

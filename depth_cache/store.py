@@ -76,6 +76,37 @@ def checksum(blocks: list[np.ndarray]) -> str:
     return digest.hexdigest()
 
 
+def create_exclusive(store: CacheStore, path: str, data: bytes) -> bool | None:
+    """Create file `path` with `data` unless it exists: True when this call created it, False when it
+    existed; None when the store offers no exclusive create (then the file was written if absent,
+    and the caller must read it back to know whether its write is the one that stayed)."""
+    fs = store.fs
+    if store.local:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        try:
+            os.link(tmp, path)  # atomic and complete: the file appears with its content or not at all
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            os.unlink(tmp)
+    try:
+        with fs.open(path, "xb") as f:
+            f.write(data)
+        return True
+    except FileExistsError:
+        return False
+    except (ValueError, NotImplementedError, TypeError):
+        pass
+    if fs.exists(path):
+        return False
+    fs.pipe_file(path, data)
+    return None
+
+
 class CacheStore:
     """One cache (`root`/`key`): create it, write shards and markers, read markers and the manifest."""
 
