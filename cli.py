@@ -392,10 +392,17 @@ def bench_group() -> None:
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--vits", is_flag=True, help="Also time vits at 518 (random weights; meant for a GPU).")
 @click.option("--work-dir", type=click.Path(file_okay=False), help="Scratch folder (default: a temp dir).")
-def bench_cache_cmd(images: int, input_size: int, reads: int, device: str, vits: bool, work_dir: str | None) -> None:
+@click.option("--fingerprints", type=int, default=None,
+              help="Instead: the cost of checking this many images against their entries' fingerprints "
+                   "at training start (e.g. 100000).")  # fmt: skip
+def bench_cache_cmd(images: int, input_size: int, reads: int, device: str, vits: bool, work_dir: str | None,
+                    fingerprints: int | None) -> None:  # fmt: skip
     """Stage one: precompute img/s, bytes per image per level, reader vs .npy img/s (1 process, 2 workers)."""
-    from bench.bench_cache import run_bench
+    from bench.bench_cache import run_bench, run_fingerprint_bench
 
+    if fingerprints is not None:
+        run_fingerprint_bench(images=fingerprints, work_dir=work_dir)
+        return
     run_bench(images=images, input_size=input_size, reads=reads, device=device, vits=vits, work_dir=work_dir)
 
 

@@ -53,7 +53,9 @@ def check_file(path: str | Path, recorded: dict[str, Any]) -> str | None:
         return f"cannot read it ({err.strerror or err})"
     if int(st.st_size) != int(recorded["size"]):
         return f"{st.st_size} bytes, the cached entry's file had {recorded['size']}"
-    if int(st.st_mtime_ns) == int(recorded["mtime_ns"]) and os.path.realpath(path) == recorded["path"]:
+    if int(st.st_mtime_ns) == int(recorded["mtime_ns"]) and (
+        os.path.abspath(path) == recorded["path"] or os.path.realpath(path) == recorded["path"]
+    ):  # abspath first: realpath costs an lstat per component of the path
         return None  # the very file the entry was made from, untouched since
     if content_sha(path, st.st_size) != recorded["sha"]:
         return "same size, different content"
@@ -62,6 +64,22 @@ def check_file(path: str | Path, recorded: dict[str, Any]) -> str | None:
 
 def describe(recorded: dict[str, Any]) -> str:
     return f"{recorded['path']} ({recorded['size']} bytes, sha {recorded['sha'][:12]})"
+
+
+def check_files(files: dict[str, str], sources: dict[str, dict[str, Any]]) -> tuple[list[str], int]:
+    """{image id: file} against the entries' fingerprints: one problem per file that is not the one its
+    entry was computed from (naming both files), and how many ids have no recorded fingerprint."""
+    problems, unbound = [], 0
+    for image_id, path in files.items():
+        recorded = sources.get(image_id)
+        if recorded is None:
+            unbound += 1
+            continue
+        why = check_file(path, recorded)
+        if why is not None:
+            problems.append(f"image id {image_id}: {path} is not the file its cache entry was computed "
+                            f"from, {describe(recorded)}: {why}")  # fmt: skip
+    return problems, unbound
 
 
 class IdCollisionError(ValueError):

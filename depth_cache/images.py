@@ -69,7 +69,9 @@ def resolve_in_folder(folder: str | Path, name: str, *, where: str, allow_symlin
         # lexical check first: `a/../b` could be harmless, but no dataset needs it and it hides escapes
         raise UnsafePathError(f"{where}: file_name {name!r} contains '..' (it must stay inside {folder})")
     path = folder / rel
-    if not allow_symlinks:
+    # only the name's own components can lead out (the folder's symlinks resolve on both sides), so the
+    # full resolution runs only when one of them is a link: one lstat per component, not per path
+    if not allow_symlinks and any(os.path.islink(folder.joinpath(*rel.parts[: k + 1])) for k in range(len(rel.parts))):
         base = os.path.realpath(folder)
         real = os.path.realpath(path)
         if real != base and not real.startswith(base.rstrip(os.sep) + os.sep):

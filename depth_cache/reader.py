@@ -145,20 +145,9 @@ class CacheReader:
     def check_sources(self, files: dict[str, str]) -> tuple[list[str], int]:
         """For {image id: file} of finished entries: one problem per file that is not the one its entry was
         computed from (naming both files), and how many entries have no recorded fingerprint."""
-        from depth_cache.fingerprint import check_file, describe
+        from depth_cache.fingerprint import check_files
 
-        sources = self._open()["sources"]
-        problems, unbound = [], 0
-        for image_id, path in files.items():
-            recorded = sources.get(image_id)
-            if recorded is None:
-                unbound += 1
-                continue
-            why = check_file(path, recorded)
-            if why is not None:
-                problems.append(f"image id {image_id}: {path} is not the file its cache entry was computed "
-                                f"from, {describe(recorded)}: {why}")  # fmt: skip
-        return problems, unbound
+        return check_files(files, self._open()["sources"])
 
     # ---------------------------------------------------------------- queries
     @property
