@@ -215,10 +215,10 @@ def run_fingerprint_bench(images: int = 100_000, hashed: int = 2_000, file_kb: i
     """What binding entries to their files costs at training start (`fingerprint.check_files`, the loop
     `CacheReader.check_sources` runs when a dataset is built), side by side:
 
-    - `images` untouched files (the fast path: one stat + realpath per image; file size does not matter);
-    - `hashed` copied files of `file_kb` KiB (new paths and mtimes: the 2 x 64 KiB content hash per
+    - `images` untouched files (the fast path: one stat per image; file size does not matter);
+    - `hashed` copied files of `file_kb` KiB (new paths and mtimes: the 3 x 16 KiB content hash per
       image), scaled to `images`; the files were just written, so they are in the page cache (a cold
-      disk adds its read time: 128 KiB per image).
+      disk adds its read time: 48 KiB per image).
     """
     from depth_cache.fingerprint import check_files, fingerprint
 
@@ -258,9 +258,9 @@ def run_fingerprint_bench(images: int = 100_000, hashed: int = 2_000, file_kb: i
     figures = {"images": images, "fast_s": t_fast, "fast_us": per_fast * 1e6, "record_us": t_record / images * 1e6,
                "hash_ms": per_hash * 1e3, "hash_s_scaled": per_hash * images, "ratio": per_hash / per_fast}  # fmt: skip
     print("\n== binding cache entries to their files: check at training start (fingerprint.check_files) ==")
-    print(f"untouched files, {images:,} images (stat + realpath):  {t_fast:7.2f} s  "
+    print(f"untouched files, {images:,} images (one stat each):    {t_fast:7.2f} s  "
           f"({figures['fast_us']:.1f} us/image)")
-    print(f"copied/moved dataset, {file_kb} KiB files (hash 2x64 KiB): {figures['hash_ms']:7.3f} ms/image "
+    print(f"copied/moved dataset, {file_kb} KiB files (hash 3x16 KiB): {figures['hash_ms']:7.3f} ms/image "
           f"-> {figures['hash_s_scaled']:.1f} s for {images:,} images (page cache warm; {hashed:,} measured)")
     print(f"ratio hash / fast path: {figures['ratio']:.1f}x")
     if not work_dir:

@@ -220,8 +220,8 @@ class ClaimingSampler:
             if shard in self._marked:
                 continue
             marker = self.claims.store.read_json(f"{MARKER_DIR}/{base}")
+            self._marked.add(shard)  # even unreadable (verify reports it): its number is never reused
             if marker is not None:
-                self._marked.add(shard)
                 self.handled.update(img[0] for img in marker["images"])
                 self.handled.update(marker.get("failed", {}))
         return self.claims.current()

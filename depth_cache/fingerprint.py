@@ -2,15 +2,16 @@
 
 Entries are found by image id, and ids collide (a val JSON numbered like the train JSON, two
 datasets on one cache root, two splits reusing a file name). So precompute records, per entry,
-the source file's fingerprint: its resolved path, size, mtime and `sha`, the sha256 of the size and
-the first and last 64 KiB (the whole file up to 128 KiB). Whoever uses an entry for a file checks
-it (`check_file`): same resolved path, size and mtime -> accepted from one `stat` (the fast path:
-the file the entry was made from, untouched); otherwise the sizes must agree and the `sha` is
-recomputed (a copied or moved dataset costs one 128 KiB read per image, a different file is caught).
+the source file's fingerprint: its resolved path, size, mtime and `sha`, the sha256 of the size
+and 16 KiB at the start, the middle and the end (the whole file up to 48 KiB). Whoever uses an
+entry for a file checks it (`check_file`): same path, size and mtime -> accepted from one `stat`
+(the fast path: the file the entry was made from, untouched); otherwise the sizes must agree and
+the `sha` is recomputed (a copied or moved dataset costs a 48 KiB read per image).
 
-What is guaranteed: a different file under a cached id is refused unless it has the same size and
-the same first and last 64 KiB as the cached one (for compressed images, the same pixels at both
-ends of the file), or it was rewritten in place at the same path with the same size within the
+What is guaranteed: a different file under a cached id is refused, unless it has the same size
+and the same three sampled blocks (for compressed images: not in practice, since a local change
+alters the size or the rest of the stream; an uncompressed BMP/TIFF edited in place between the
+blocks can slip through), or it was rewritten at the same path with the same size within the
 filesystem's mtime granularity.
 """
 
@@ -21,19 +22,21 @@ import os
 from pathlib import Path
 from typing import Any
 
-SAMPLE = 64 * 1024  # bytes hashed at each end of the file
+# bytes hashed at the start, the middle and the end of the file: 3 x 16 KiB cost 0.21 ms per image
+# on this CPU against 0.41 ms for 2 x 64 KiB (sha256 at ~0.5 GB/s; `bench cache --fingerprints`)
+SAMPLE = 16 * 1024
 
 
 def content_sha(path: str | Path, size: int) -> str:
-    """sha256 (first 32 hex digits) of the size and the first and last SAMPLE bytes."""
+    """sha256 (first 32 hex digits) of the size and SAMPLE bytes at the start, middle and end."""
     digest = hashlib.sha256(str(size).encode() + b":")
     with open(path, "rb") as f:
-        if size <= 2 * SAMPLE:
+        if size <= 3 * SAMPLE:
             digest.update(f.read())
         else:
-            digest.update(f.read(SAMPLE))
-            f.seek(size - SAMPLE)
-            digest.update(f.read(SAMPLE))
+            for start in (0, (size - SAMPLE) // 2, size - SAMPLE):
+                f.seek(start)
+                digest.update(f.read(SAMPLE))
     return digest.hexdigest()[:32]
 
 

@@ -12,7 +12,7 @@ Everything that can be checked is checked at construction: annotations and image
 (`coco.load_coco`; file names stay inside the image folder), that the cache covers every image
 (an error listing the missing ids, or, with `skip_missing_cache`, a warning saying how many
 images were dropped), and that every entry was computed from this dataset's file, not another
-file with the same id (`CacheReader.check_sources`: one stat per image, a 128 KiB hash when the
+file with the same id (`CacheReader.check_sources`: one stat per image, a 48 KiB hash when the
 file moved or changed).
 """
 
