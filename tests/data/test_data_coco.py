@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
 
@@ -162,3 +163,28 @@ def test_dataset_refuses_cache_entries_of_other_files_with_the_same_ids(tmp_path
     with pytest.raises(DataError, match="not the files their depth cache entries were computed from") as err:
         InstanceDataset(root / "images" / "val", renumbered, reader=reader)
     assert "val_000000.png" in str(err.value) and "train_000000.png" in str(err.value)
+
+
+def test_training_read_of_a_damaged_shard_names_the_cache_shard_image_and_the_fix(tmp_path):
+    from depth_cache.config import CacheConfig, EstimatorConfig
+    from depth_cache.images import records_from_json
+    from depth_cache.precompute import run_precompute
+    from depth_cache.reader import open_cache
+    from depth_cache.store import CacheError
+    from pipeline.data.dataset import InstanceDataset
+    from pipeline.data.synthetic import generate_dataset
+
+    root = tmp_path / "data"
+    generate_dataset(root, num_train=3, num_val=1, size=32, seed=0)
+    train_json, images = root / "annotations" / "train.json", root / "images" / "train"
+    est = EstimatorConfig(name="files", depth_dir=str(root / "depth"), input_size=32)
+    cache = CacheConfig(root=str(tmp_path / "cache"), levels=["depth_s8"], num_workers=0)
+    key = run_precompute(records_from_json(train_json, images), est, cache, progress=False).key
+    shard = tmp_path / "cache" / key / "maps" / "depth" / "c" / "0" / "0" / "0" / "0"
+    shard.write_bytes(shard.read_bytes()[:-40])  # cut short, as a full disk or a killed copy leaves it
+    ds = InstanceDataset(images, train_json, reader=open_cache(cache.root, est, cache))
+    loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=1)
+    with pytest.raises(CacheError) as err:
+        next(iter(loader))
+    msg = str(err.value)
+    assert key in msg and "shard 0" in msg and "image '1'" in msg and f"cache verify {key}" in msg
