@@ -182,10 +182,13 @@ def _stage_one_cfg(config: str | None, overrides: tuple[str, ...], estimator=Non
 @click.option("--depth-kind", type=click.Choice(["depth", "disparity"]), help="`files`: what the maps hold.")
 @click.option("--root", help="Cache root: a folder or an fsspec URL.")
 @click.option("--retry-failed", is_flag=True, help="Try again the images that failed in an earlier run.")
+@click.option("--allow-symlinks-outside", is_flag=True,
+              help="Accept image files that are symlinks to outside their folder (else refused; "
+                   "also data.allow_symlinks_outside).")  # fmt: skip
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.argument("overrides", nargs=-1)
 def precompute_depth(config, jsons, splits, image_dir, image_folder, estimator, weights, depth_dir, depth_kind,
-                     root, retry_failed, quiet, overrides) -> None:  # fmt: skip
+                     root, retry_failed, allow_symlinks_outside, quiet, overrides) -> None:  # fmt: skip
     """Run the depth source once over the images into the shared cache (resumable; torchrun for N processes).
 
     Without --coco/--split/--image-folder it covers the config's labelled, unlabelled and val images."""
@@ -194,13 +197,15 @@ def precompute_depth(config, jsons, splits, image_dir, image_folder, estimator, 
 
     cfg = _stage_one_cfg(config, overrides, estimator=estimator, weights=weights, depth_dir=depth_dir,
                          depth_kind=depth_kind, root=root)  # fmt: skip
+    links = allow_symlinks_outside or cfg.data.allow_symlinks_outside
+    cfg.depth.estimator.allow_symlinks_outside = links or cfg.depth.estimator.allow_symlinks_outside
     try:
         groups = []
         if jsons or splits:
             folder = image_dir or cfg.data.image_dir
-            groups += [records_from_json(p, folder) for p in (*jsons, *splits)]
+            groups += [records_from_json(p, folder, links) for p in (*jsons, *splits)]
         if image_folder:
-            groups.append(records_from_folder(image_folder))
+            groups.append(records_from_folder(image_folder, links))
         if not groups:
             data = cfg.data
             pairs = [(data.train_json, data.image_dir), (data.unlabeled_list, data.image_dir),
@@ -211,12 +216,15 @@ def precompute_depth(config, jsons, splits, image_dir, image_folder, estimator, 
             if missing:
                 raise ValueError(f"the config's data files do not exist: {', '.join(missing)} (make them first, "
                                  "e.g. with make-synthetic/make-splits, or give --coco/--split/--image-folder)")
-            groups = [records_from_json(p, d) for p, d in pairs if p]
+            groups = [records_from_json(p, d, links) for p, d in pairs if p]
         records = merge_records(groups)
         result = run_precompute(records, cfg.depth.estimator, cfg.depth.cache, retry_failed=retry_failed,
                                 progress=not quiet)  # fmt: skip
     except (ValueError, OSError) as err:
         raise click.ClickException(str(err)) from err
+    if result.lost_shards:
+        click.echo(f"shards {result.lost_shards}: computed, but dropped: this job's claim lapsed and another job took "
+                   "them over (is the machine overloaded? raise depth.cache.lease_s)")  # fmt: skip
     if int(os.environ.get("RANK", "0")) == 0:
         click.echo(f"cache {result.key} at {result.root}: {result.computed} computed in this process "
                    f"({result.images_per_s:.1f} img/s), {result.already_done} already there, "
@@ -285,21 +293,32 @@ def cache_info_cmd(key: str, root: str | None, config: str | None) -> None:
 @ROOT_OPTION
 @CONFIG_OPTION
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def cache_verify_cmd(key: str, root: str | None, config: str | None, quiet: bool) -> None:
+@click.option("--repair", is_flag=True,
+              help="Drop the shards with problems (markers and files) so that precompute-depth recomputes them. "
+                   "Not while a precompute job writes this cache.")  # fmt: skip
+def cache_verify_cmd(key: str, root: str | None, config: str | None, quiet: bool, repair: bool) -> None:
     """Every finished entry readable, finite, of the right shape; per-shard checksums re-checked."""
-    from depth_cache.catalog import verify_cache
+    from depth_cache.catalog import repair_cache, verify_cache
     from depth_cache.store import CacheError
 
+    root = _root(root, config)
     try:
-        result = verify_cache(_root(root, config), key, progress=not quiet)
+        result = verify_cache(root, key, progress=not quiet)
     except CacheError as err:
         raise click.ClickException(str(err)) from err
     for problem in result.problems[:50]:
         click.echo(f"  {problem}")
     click.echo(f"{'ok' if result.ok else 'FAILED'}: {result.images} images in {result.shards} shards, "
                f"{len(result.problems)} problems")  # fmt: skip
-    if not result.ok:
-        sys.exit(1)
+    if result.ok:
+        return
+    if repair:
+        report = repair_cache(root, key, result.bad_shards)
+        click.echo(f"repaired: dropped shards {result.bad_shards}; {report['images']} images remain; "
+                   "run precompute-depth again (same inputs) to recompute the dropped images")  # fmt: skip
+        return
+    click.echo(f"run `cache verify {key} --root {root} --repair` to drop the damaged shards, then precompute-depth")
+    sys.exit(1)
 
 
 @cache_group.command("export")
@@ -434,10 +453,17 @@ def bench_group() -> None:
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--vits", is_flag=True, help="Also time vits at 518 (random weights; meant for a GPU).")
 @click.option("--work-dir", type=click.Path(file_okay=False), help="Scratch folder (default: a temp dir).")
-def bench_cache_cmd(images: int, input_size: int, reads: int, device: str, vits: bool, work_dir: str | None) -> None:
+@click.option("--fingerprints", type=int, default=None,
+              help="Instead: the cost of checking this many images against their entries' fingerprints "
+                   "at training start (e.g. 100000).")  # fmt: skip
+def bench_cache_cmd(images: int, input_size: int, reads: int, device: str, vits: bool, work_dir: str | None,
+                    fingerprints: int | None) -> None:  # fmt: skip
     """Stage one: precompute img/s, bytes per image per level, reader vs .npy img/s (1 process, 2 workers)."""
-    from bench.bench_cache import run_bench
+    from bench.bench_cache import run_bench, run_fingerprint_bench
 
+    if fingerprints is not None:
+        run_fingerprint_bench(images=fingerprints, work_dir=work_dir)
+        return
     run_bench(images=images, input_size=input_size, reads=reads, device=device, vits=vits, work_dir=work_dir)
 
 

@@ -208,3 +208,61 @@ def _print(figures, info16, info8, levels, images, input_size, device) -> None:
 
 def _fmt(x) -> str:
     return "-" if x is None else f"{x:,.0f}"
+
+
+def run_fingerprint_bench(images: int = 100_000, hashed: int = 2_000, file_kb: int = 160,
+                          work_dir: str | None = None) -> dict:  # fmt: skip
+    """What binding entries to their files costs at training start (`fingerprint.check_files`, the loop
+    `CacheReader.check_sources` runs when a dataset is built), side by side:
+
+    - `images` untouched files (the fast path: one stat per image; file size does not matter);
+    - `hashed` copied files of `file_kb` KiB (new paths and mtimes: the 3 x 16 KiB content hash per
+      image), scaled to `images`; the files were just written, so they are in the page cache (a cold
+      disk adds its read time: 48 KiB per image).
+    """
+    from depth_cache.fingerprint import check_files, fingerprint
+
+    tmp = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="bench_fp_"))
+    rng = np.random.default_rng(0)
+    small = tmp / "untouched"
+    small.mkdir(parents=True, exist_ok=True)
+    blob = rng.integers(0, 255, 1024, dtype=np.uint8).tobytes()
+    files = {}
+    for i in range(images):
+        path = small / f"{i:07d}.jpg"
+        path.write_bytes(blob + i.to_bytes(8, "little"))
+        files[str(i)] = str(path)
+    t = time.perf_counter()
+    sources = {i: fingerprint(p) for i, p in files.items()}
+    t_record = time.perf_counter() - t
+    t = time.perf_counter()
+    problems, unbound = check_files(files, sources)
+    t_fast = time.perf_counter() - t
+    assert not problems and not unbound
+
+    big, copy = tmp / "big", tmp / "copy"
+    big.mkdir(exist_ok=True)
+    copy.mkdir(exist_ok=True)
+    files_big, files_copy = {}, {}
+    for i in range(hashed):
+        data = rng.integers(0, 255, file_kb * 1024, dtype=np.uint8).tobytes()
+        (big / f"{i:07d}.jpg").write_bytes(data)
+        (copy / f"{i:07d}.jpg").write_bytes(data)  # a copy: same bytes, another path and mtime
+        files_big[str(i)], files_copy[str(i)] = str(big / f"{i:07d}.jpg"), str(copy / f"{i:07d}.jpg")
+    sources_big = {i: fingerprint(p) for i, p in files_big.items()}
+    t = time.perf_counter()
+    problems, _ = check_files(files_copy, sources_big)
+    t_hash = time.perf_counter() - t
+    assert not problems
+    per_fast, per_hash = t_fast / images, t_hash / hashed
+    figures = {"images": images, "fast_s": t_fast, "fast_us": per_fast * 1e6, "record_us": t_record / images * 1e6,
+               "hash_ms": per_hash * 1e3, "hash_s_scaled": per_hash * images, "ratio": per_hash / per_fast}  # fmt: skip
+    print("\n== binding cache entries to their files: check at training start (fingerprint.check_files) ==")
+    print(f"untouched files, {images:,} images (one stat each):    {t_fast:7.2f} s  "
+          f"({figures['fast_us']:.1f} us/image)")
+    print(f"copied/moved dataset, {file_kb} KiB files (hash 3x16 KiB): {figures['hash_ms']:7.3f} ms/image "
+          f"-> {figures['hash_s_scaled']:.1f} s for {images:,} images (page cache warm; {hashed:,} measured)")
+    print(f"ratio hash / fast path: {figures['ratio']:.1f}x")
+    if not work_dir:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return figures

@@ -86,6 +86,7 @@ class VerifyResult:
     images: int = 0
     shards: int = 0
     problems: list[str] = field(default_factory=list)
+    bad_shards: list[int] = field(default_factory=list)  # shards with a problem (what `repair_cache` drops)
 
     @property
     def ok(self) -> bool:
@@ -105,6 +106,7 @@ def verify_cache(root: str, key: str, progress: bool = True) -> VerifyResult:
     markers = store.read_markers()
     for shard, marker in tqdm(markers.items(), desc=f"verify {key}", unit="shard", disable=not progress):
         result.shards += 1
+        before = len(result.problems)
         slots = [int(s) for _, s, _ in marker["images"]]
         blocks = {}
         for path, want in marker["checksums"].items():
@@ -122,7 +124,20 @@ def verify_cache(root: str, key: str, progress: bool = True) -> VerifyResult:
             seen[image_id] = shard
             result.problems += _check_entry(image_id, int(s), Geometry.from_json(geo_json, names), blocks,
                                             manifest, int8, reader, shard * S + int(s))  # fmt: skip
+        if len(result.problems) > before:
+            result.bad_shards.append(shard)
     return result
+
+
+def repair_cache(root: str, key: str, shards: list[int]) -> dict[str, Any]:
+    """Drop `shards` (their done markers, index entries and files), so that the next precompute-depth
+    recomputes their images; returns the new report. Run it while no precompute job writes the cache."""
+    from depth_cache.precompute import write_report
+
+    store = CacheStore(root, key)
+    store.manifest()  # a missing cache is an error before anything is deleted
+    store.drop_shards(shards)
+    return write_report(store)
 
 
 def _check_entry(image_id, s, geo, blocks, manifest, int8, reader, slot) -> list[str]:

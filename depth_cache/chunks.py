@@ -17,6 +17,7 @@ import numcodecs
 import numpy as np
 
 MISSING = np.uint64(2**64 - 1)
+CRC = numcodecs.CRC32C()
 
 
 def fast_layout(meta: dict[str, Any]) -> dict[str, Any] | None:
@@ -86,6 +87,10 @@ class ShardChunkReader:
             return None
         if len(raw) != self.index_bytes:
             raise OSError(f"shard file {self._file(shard)} is shorter than its index ({len(raw)} bytes)")
+        try:  # the index's own crc32c: a truncated or overwritten shard fails here, before any seek
+            CRC.decode(raw)
+        except RuntimeError as err:
+            raise OSError(f"shard file {self._file(shard)}: index checksum mismatch ({err})") from err
         idx = np.frombuffer(raw[:-4], dtype="<u8").reshape(self.slots, 2)
         self._indices[shard] = idx
         if len(self._indices) > self._max:
@@ -99,5 +104,13 @@ class ShardChunkReader:
             return None
         offset, nbytes = int(idx[local, 0]), int(idx[local, 1])
         raw = self._range(self._file(shard), offset, offset + nbytes)
+        if len(raw) != nbytes:
+            raise OSError(f"shard file {self._file(shard)} is cut short: chunk {local} needs bytes "
+                          f"{offset}..{offset + nbytes}, got {len(raw)}")  # fmt: skip
         data = self.codec.decode(raw) if self.codec is not None else raw
         return np.frombuffer(data, dtype=self.dtype).reshape(self.inner)
+
+    def shard_of(self, slot: int) -> tuple[int, str]:
+        """(shard number, shard file) holding `slot` (for error messages)."""
+        shard = slot // self.slots
+        return shard, self._file(shard)

@@ -42,6 +42,8 @@ class EstimatorConfig:
     precision: Literal["auto", "fp32", "bf16", "fp16"] = _setting(
         "auto", help="estimator arithmetic: auto = bf16 on cuda, fp32 on cpu")
     seed: int = _setting(0, range="[0, inf)", help="tiny source: seed of its random initialisation")
+    allow_symlinks_outside: bool = _setting(
+        False, help="files source: accept depth maps that are symlinks to outside depth_dir (not keyed)")
 
 
 @dataclass
@@ -65,6 +67,10 @@ class CacheConfig:
     # 2x precompute time and bytes. Network sources only (a flip of `files` maps is exact).
     flip_views: bool = _setting(
         False, help="also store the maps of the horizontally flipped image (maps/<name>@flip) for exact flips")
+    lease_s: float = _setting(
+        120.0, range="(0, inf)",
+        help="precompute jobs on one key claim shards with a lease renewed every lease_s/4; a killed job's "
+             "shards are taken over lease_s after its last heartbeat (not keyed)")
 
 
 @dataclass

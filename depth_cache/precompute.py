@@ -1,12 +1,15 @@
 """The precompute job: run a depth source over images into a cache, resumably, in one or more processes.
 
-A job reads the finished and failed ids from the cache's done markers, assigns the remaining
-images to shards that have no marker (lowest numbers first, `shard_size` images each), and each
-process (`torchrun`: RANK / WORLD_SIZE) takes the shards `k % world_size == rank`, so no two
-processes ever write one shard. Images are decoded in DataLoader workers, computed in batches,
-and each full shard is handed to a writer thread that writes it once and then its marker.
-Killing the job loses at most the shards in flight; the next run recomputes only those. An
-image that cannot be read is recorded in its shard's marker and the report, and skipped.
+A job reads the finished and failed ids from the cache's done markers and refuses ids whose entry
+was made from another file (fingerprint.py). It then claims shards one at a time (claims.py: an
+exclusive claim file with a lease), each for the next `shard_size` images that no marker and no
+other job's live claim covers, so processes of one torchrun job and independent jobs (other
+machines on one object store) split the work and never write one shard twice. Images are decoded
+in DataLoader workers, computed in batches, and each full shard is handed to a writer thread that
+writes it once, then its marker, then gives back the claim. A job ends when all its images are
+finished: it waits for images other jobs hold, and takes over claims whose lease lapsed (a killed
+job). Killing the job loses at most the shards in flight. An image that cannot be read is recorded
+in its shard's marker and the report, and skipped.
 With `flip_views`, every image also goes through the source mirrored left-right, in the same
 batch call, and those maps are stored as `<name>@flip` with the same geometry.
 """
@@ -26,12 +29,23 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from depth_cache.claims import ClaimingSampler, ShardClaims
 from depth_cache.config import CacheConfig, EstimatorConfig
 from depth_cache.entry import quantise_int8
+from depth_cache.fingerprint import check_cached_ids, check_stems
 from depth_cache.geometry import Canvas, Geometry, fit_frame, make_canvas
 from depth_cache.images import ImageRecord, LoadDataset
 from depth_cache.key import CANVAS_ASPECT, cache_key, diff_fields, key_fields
-from depth_cache.store import FLIP_SUFFIX, REPORT_FILE, CacheError, CacheStore, array_path, checksum, flip_name
+from depth_cache.store import (
+    FLIP_SUFFIX,
+    REPORT_FILE,
+    CacheError,
+    CacheStore,
+    array_path,
+    checksum,
+    create_exclusive,
+    flip_name,
+)
 
 FP16_MAX = 65504.0
 
@@ -71,6 +85,7 @@ class PrecomputeResult:
     skipped_failed: int = 0  # images that failed in an earlier run (retry with retry_failed)
     shards: list[int] = field(default_factory=list)  # shards this process wrote
     calls: int = 0  # images that went through the depth source (twice per image with flip_views)
+    lost_shards: list[int] = field(default_factory=list)  # computed, but a successor had taken the claim over
     seconds: float = 0.0
 
     @property
@@ -101,12 +116,30 @@ def build_manifest(key: str, fields: dict, runner, cache_cfg: CacheConfig, canva
     }
 
 
-def ensure_cache(store: CacheStore, fields: dict, runner, cache_cfg: CacheConfig, canvas: Canvas, dist: DistInfo):
-    """Create the cache (rank 0) unless it exists; every rank returns its manifest."""
+def ensure_cache(store: CacheStore, fields: dict, runner, cache_cfg: CacheConfig, canvas: Canvas, dist: DistInfo,
+                 wait_s: float = 300.0):  # fmt: skip
+    """Create the cache (rank 0) unless it exists; every rank returns its manifest. Independent jobs
+    starting together: one wins the exclusive `<key>.creating` file and creates, the others wait for
+    its manifest (creating twice would wipe the first job's arrays)."""
+    lock = f"{store.path}.creating"
     if dist.rank == 0 and not store.exists():
-        store.create(build_manifest(store.key, fields, runner, cache_cfg, canvas))
+        won = create_exclusive(store, lock, b"")
+        try:
+            if won is not False and not store.exists():  # re-check: a job may have finished creating just now
+                store.create(build_manifest(store.key, fields, runner, cache_cfg, canvas))
+        finally:
+            if won is not False:
+                store.fs.rm(lock)
     dist.barrier()
-    manifest = store.manifest()
+    deadline = time.time() + wait_s
+    while True:
+        try:
+            manifest = store.manifest()
+            break
+        except CacheError:
+            if time.time() > deadline or not (store.fs.exists(lock) or not store.exists()):
+                raise
+            time.sleep(0.2)  # another job is creating the cache
     if manifest["fields"] != fields:
         diff = "; ".join(diff_fields(manifest["fields"], fields))
         raise CacheError(f"{store}: manifest differs from the settings: {diff}")
@@ -136,10 +169,11 @@ def plan_shards(records: list[ImageRecord], markers: dict[int, dict], shard_size
 
 
 class ShardWriter:
-    """Writes finished shards on a thread so the source never waits for storage."""
+    """Writes finished shards on a thread so the source never waits for storage; with `claims`, only
+    shards this job still owns, each claim given back once its marker is written."""
 
-    def __init__(self, store: CacheStore, max_pending: int = 2):
-        self.store, self.error = store, None
+    def __init__(self, store: CacheStore, claims: ShardClaims | None = None, max_pending: int = 2):
+        self.store, self.claims, self.error = store, claims, None
         self.queue: queue.Queue = queue.Queue(maxsize=max_pending)
         self.thread = threading.Thread(target=self._loop, name="shard-writer", daemon=True)
         self.thread.start()
@@ -148,7 +182,13 @@ class ShardWriter:
         while (job := self.queue.get()) is not None:
             if self.error is None:
                 try:
+                    shard = job[0]
+                    if self.claims is not None and not self.claims.still_mine(shard):
+                        self.claims.lose(shard)  # our lease lapsed and a successor owns it: its write wins
+                        continue
                     self.store.write_shard(*job)
+                    if self.claims is not None:
+                        self.claims.release(shard)
                 except BaseException as err:  # surfaced by submit/close in the main thread
                     self.error = err
 
@@ -200,6 +240,8 @@ def pack_shard(shard: int, items: list[dict], manifest: dict, rank: int) -> tupl
         "images": images,
         "failed": {i["record"].id: f"{i['record'].path}: {i['error']}" for i in items if "error" in i},
         "checksums": {p: checksum([b[s] for s in slots]) for p, b in blocks.items()},
+        # the file each entry was computed from (fingerprint.py): a collision of ids is caught by it
+        "sources": {i["record"].id: i["source"] for i in items if "maps" in i and i.get("source")},
         "rank": rank,
         "written": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
@@ -232,39 +274,72 @@ def precompute(records: list[ImageRecord], runner, fields: dict, cache_cfg: Cach
     canvas = make_canvas(runner.short_side, CANVAS_ASPECT, runner.multiple_of)
     manifest = ensure_cache(store, fields, runner, cache_cfg, canvas, dist)
     markers = store.read_markers()
-    dist.barrier()  # every rank planned from the same markers before anyone writes
+    check_sources(records, markers, store, runner)
+    dist.barrier()  # every rank looked at the same markers before anyone writes
     plan, done, skipped = plan_shards(records, markers, int(manifest["shard_size"]), retry_failed)
-    mine = [(k, recs) for i, (k, recs) in enumerate(plan) if i % dist.world_size == dist.rank]
     result = PrecomputeResult(key=key, root=cache_cfg.root, already_done=done, skipped_failed=skipped)
-    items = [(k, slot, r) for k, recs in mine for slot, r in enumerate(recs)]
+    todo = [r for _, recs in plan for r in recs]
+    handled = {r.id for r in records} - {r.id for r in todo}  # finished, or failed before (no retry)
+    claims = ShardClaims(store, cache_cfg.lease_s)
     workers = cache_cfg.num_workers if num_workers is None else num_workers
-    loader = torch.utils.data.DataLoader(
-        LoadDataset(items, runner.loader()), batch_size=None, num_workers=workers if items else 0,
-        collate_fn=_keep, prefetch_factor=4 if workers and items else None,
-    )  # fmt: skip
-    canvas_fit = (canvas, runner.multiple_of)
-    bar = tqdm(total=len(items), unit="img", desc=f"precompute {key}", disable=not progress or dist.rank != 0)
-    iterator = iter(loader)  # workers fork before the writer thread starts
-    writer = ShardWriter(store)
     calls0 = runner.calls
+    bar = tqdm(total=len(todo), unit="img", desc=f"precompute {key}", disable=not progress or dist.rank != 0)
     try:
-        pending: list[dict] = []
-        for item in iterator:
-            if pending and item["shard"] != pending[0]["shard"]:
-                _flush(pending, runner, manifest, canvas_fit, writer, result, dist.rank, bar)
-                pending = []
-            pending.append(item)
-        if pending:
-            _flush(pending, runner, manifest, canvas_fit, writer, result, dist.rank, bar)
+        while True:  # passes: claim and compute what is free; then wait for other jobs' claims on our images
+            sampler = ClaimingSampler([r.id for r in todo], claims, int(manifest["shard_size"]), handled)
+            sampler.mark_known(set(markers))
+            _run_pass(todo, sampler, runner, manifest, canvas, store, workers, result, dist.rank, bar)
+            if sampler.todo():
+                continue  # claims released or expired meanwhile: take those images over
+            waiting = sampler.waiting()
+            if not waiting:
+                break
+            bar.set_postfix_str(f"waiting for {len(waiting)} images claimed by other jobs")
+            time.sleep(min(5.0, cache_cfg.lease_s / 4))
     finally:
         bar.close()
-        writer.close()  # complete shards already handed over are still written
+        claims.close()  # unfinished shards go back at once (a killed job's wait for their lease to lapse)
+    result.lost_shards = list(claims.lost)
     result.calls = runner.calls - calls0
     dist.barrier()
     if dist.rank == 0:
         write_report(store)
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def check_sources(records: list[ImageRecord], markers: dict[int, dict], store: CacheStore, runner) -> None:
+    """Refuse an id whose entry was made from another file, and (`files` source) two different images
+    sharing a file name, naming both files (fingerprint.py)."""
+    sources = {i: src for m in markers.values() for i, src in (m.get("sources") or {}).items()}
+    done = {img[0] for m in markers.values() for img in m["images"]}
+    check_cached_ids([(r.id, r.path) for r in records if r.id in done], sources, str(store))
+    if getattr(runner, "maps_by_stem", False):
+        check_stems([(r.id, r.path) for r in records], sources, runner.describe().get("depth_dir", ""))
+
+
+def _run_pass(todo, sampler, runner, manifest, canvas, store, workers, result, rank, bar) -> None:
+    """Load, compute and write the shards `sampler` claims; returns when they are all written."""
+    items = [(-1, -1, r) for r in todo]  # shard and slot come from the sampler's claims
+    loader = torch.utils.data.DataLoader(
+        LoadDataset(items, runner.loader()), batch_size=None, sampler=sampler, num_workers=workers if items else 0,
+        collate_fn=_keep, prefetch_factor=4 if workers and items else None,
+    )  # fmt: skip
+    canvas_fit = (canvas, runner.multiple_of)
+    iterator = iter(loader)  # workers fork before the writer thread starts
+    writer = ShardWriter(store, sampler.claims)
+    try:
+        pending: list[dict] = []
+        for item in iterator:
+            item["shard"], item["slot"] = sampler.where[item["index"]]
+            if pending and item["shard"] != pending[0]["shard"]:
+                _flush(pending, runner, manifest, canvas_fit, writer, result, rank, bar)
+                pending = []
+            pending.append(item)
+        if pending:
+            _flush(pending, runner, manifest, canvas_fit, writer, result, rank, bar)
+    finally:
+        writer.close()  # complete shards already handed over are still written
 
 
 def _flush(items, runner, manifest, canvas_fit, writer, result, rank, bar) -> None:

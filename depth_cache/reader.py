@@ -33,6 +33,15 @@ class CacheKeyMismatchError(CacheError):
     """No cache under the root matches the configs; the message lists what differs."""
 
 
+class DamagedShardError(CacheError):
+    """A finished entry whose shard cannot be read (cut short, overwritten); the message names the
+    cache, the shard file and the image, and says how to find and recompute damaged shards."""
+
+
+class SourceMismatchError(CacheError):
+    """An image id whose cached entry was computed from another file."""
+
+
 def list_caches(root: str) -> dict[str, dict[str, Any]]:
     """key -> manifest of every cache under `root` (folders with a manifest)."""
     fs, base = split_root(root)
@@ -95,14 +104,17 @@ class CacheReader:
         manifest = store.manifest()
         names = manifest["map_names"]
         entries: dict[str, tuple[int, Geometry]] = {}
+        sources: dict[str, dict[str, Any]] = {}
         S = int(manifest["shard_size"])
         for shard, marker in store.read_markers().items():
             for image_id, local, geo in marker["images"]:
                 entries[image_id] = (shard * S + int(local), geo)
+            sources.update(marker.get("sources") or {})  # caches made before fingerprints have none
         int8 = manifest["storage_dtype"] == "int8"
         readers = {n: self._map_reader(store, array_path(n)) for n in names}
         scales = {n: self._map_reader(store, array_path(n, scale=True)) for n in names} if int8 else {}
-        self._state = {"manifest": manifest, "names": names, "entries": entries, "readers": readers, "scales": scales}
+        self._state = {"manifest": manifest, "names": names, "entries": entries, "readers": readers, "scales": scales,
+                       "sources": sources}  # fmt: skip
         return self._state
 
     @staticmethod
@@ -113,6 +125,29 @@ class CacheReader:
             arr = store.group()[path]
             return lambda slot: None if np.isnan(np.asarray(arr[slot], dtype=np.float32)).all() else arr[slot]
         return ShardChunkReader(store.fs, f"{store.path}/{path}", layout, store.local).read
+
+    def _damaged(self, image_id: str, slot: int, name: str, err: BaseException) -> DamagedShardError:
+        S = int(self._open()["manifest"]["shard_size"])
+        shard = slot // S
+        store = CacheStore(self.root, self.key)
+        where = store.shard_file(array_path(name), shard, 4)
+        return DamagedShardError(
+            f"cache {self.key} at {self.root}: shard {shard} is damaged ({where}): reading {name} of image "
+            f"{image_id!r} failed ({type(err).__name__}: {err}). Run `python cli.py cache verify {self.key} "
+            f"--root {self.root}` to list the damaged shards, `cache verify {self.key} --root {self.root} --repair` "
+            "to drop them, then precompute-depth again to recompute their images."
+        )
+
+    def source(self, image_id: str) -> dict[str, Any] | None:
+        """The fingerprint of the file the entry was computed from (None: not recorded, an older cache)."""
+        return self._open()["sources"].get(image_id)
+
+    def check_sources(self, files: dict[str, str]) -> tuple[list[str], int]:
+        """For {image id: file} of finished entries: one problem per file that is not the one its entry was
+        computed from (naming both files), and how many entries have no recorded fingerprint."""
+        from depth_cache.fingerprint import check_files
+
+        return check_files(files, self._open()["sources"])
 
     # ---------------------------------------------------------------- queries
     @property
@@ -169,13 +204,19 @@ class CacheReader:
         geo = Geometry.from_json(geo_json, state["names"])
         out = {}
         for name in state["names"]:
-            data = state["readers"][name](slot)
-            if data is None:
-                raise CacheError(f"cache {self.key}: entry {image_id!r} is listed as finished but {name} is missing")
-            gh, gw = geo.extents[name]
-            crop = data[:, :gw, :gh] if geo.transposed else data[:, :gh, :gw]
-            if state["scales"]:
-                crop = dequantise_int8(crop, state["scales"][name](slot))
+            try:
+                data = state["readers"][name](slot)
+                if data is None:
+                    raise OSError("its chunk is missing from the shard file, yet the shard's marker lists it")
+                gh, gw = geo.extents[name]
+                crop = data[:, :gw, :gh] if geo.transposed else data[:, :gh, :gw]
+                if state["scales"]:
+                    scale = state["scales"][name](slot)
+                    if scale is None:
+                        raise OSError("its int8 scale is missing from the shard file")
+                    crop = dequantise_int8(crop, scale)
+            except Exception as err:  # truncated/garbage shard: OSError, zstd RuntimeError, reshape ValueError
+                raise self._damaged(image_id, slot, name, err) from err
             t = torch.from_numpy(np.ascontiguousarray(crop, dtype=np.float32))
             out[name] = t.transpose(-1, -2).contiguous() if geo.transposed else t
         flip = {n.removesuffix(FLIP_SUFFIX): out.pop(n) for n in list(out) if is_flip_name(n)}

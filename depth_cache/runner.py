@@ -151,6 +151,7 @@ class FilesRunner:
     """The `files` source in the precompute job: no network; maps larger than the canvas are shrunk."""
 
     flip_exact = True  # flipping a stored map gives exactly the map of the flipped image
+    maps_by_stem = True  # maps are found by image file stem: two images with one stem would share one
 
     def __init__(self, source: FilesDepth, depth_stride: int, short_side: int):
         self.source, self.depth_stride, self.short_side = source, depth_stride, short_side

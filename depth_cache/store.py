@@ -76,6 +76,37 @@ def checksum(blocks: list[np.ndarray]) -> str:
     return digest.hexdigest()
 
 
+def create_exclusive(store: CacheStore, path: str, data: bytes) -> bool | None:
+    """Create file `path` with `data` unless it exists: True when this call created it, False when it
+    existed; None when the store offers no exclusive create (then the file was written if absent,
+    and the caller must read it back to know whether its write is the one that stayed)."""
+    fs = store.fs
+    if store.local:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        try:
+            os.link(tmp, path)  # atomic and complete: the file appears with its content or not at all
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            os.unlink(tmp)
+    try:
+        with fs.open(path, "xb") as f:
+            f.write(data)
+        return True
+    except FileExistsError:
+        return False
+    except (ValueError, NotImplementedError, TypeError):
+        pass
+    if fs.exists(path):
+        return False
+    fs.pipe_file(path, data)
+    return None
+
+
 class CacheStore:
     """One cache (`root`/`key`): create it, write shards and markers, read markers and the manifest."""
 
@@ -201,6 +232,30 @@ class CacheStore:
                 if marker is not None:
                     known[shard] = marker
         return dict(sorted(known.items()))
+
+    def drop_shards(self, shards: list[int]) -> None:
+        """Forget finished shards: markers first (the entries stop existing), then index.json, then files."""
+        drop = set(int(k) for k in shards)
+        if not drop:
+            return
+        for shard in drop:
+            marker = f"{self.path}/{MARKER_DIR}/{shard:06d}.json"
+            if self.fs.exists(marker):
+                self.fs.rm(marker)
+        index = self.read_json(INDEX_FILE)
+        if index is not None:
+            index["shards"] = {k: v for k, v in index.get("shards", {}).items() if int(k) not in drop}
+            self.write_json(INDEX_FILE, index)
+        manifest = self.manifest()
+        paths = [array_path(n) for n in manifest["map_names"]]
+        if manifest["storage_dtype"] == "int8":
+            paths += [array_path(n, scale=True) for n in manifest["map_names"]]
+        for path in paths:
+            ndim = len(self.array_meta(path)["shape"])
+            for shard in drop:
+                f = self.shard_file(path, shard, ndim)
+                if self.fs.exists(f):
+                    self.fs.rm(f)
 
     def write_index(self) -> dict[int, dict[str, Any]]:
         """Merge all markers into index.json (one read to open the cache, also on object storage)."""

@@ -63,6 +63,8 @@ class DataConfig:
                                help="DataLoader worker processes per loader (0 = load in the main process)")
     skip_missing_cache: bool = setting(False,
         help="skip images without a depth cache entry (with a warning) instead of failing")
+    allow_symlinks_outside: bool = setting(
+        False, help="accept image files that are symlinks to outside image_dir / val_image_dir (refused by default)")
 
 
 @dataclass

@@ -35,7 +35,7 @@ def _tiny(cfg: EstimatorConfig, levels: list[str]) -> DepthSource:
 def _files(cfg: EstimatorConfig, levels: list[str]) -> DepthSource:
     if cfg.depth_dir is None:
         raise ValueError("estimator `files` needs a depth folder (--depth-dir / estimator.depth_dir)")
-    return FilesDepth(cfg.depth_dir, cfg.depth_kind, levels)
+    return FilesDepth(cfg.depth_dir, cfg.depth_kind, levels, cfg.allow_symlinks_outside)
 
 
 BUILDERS: dict[str, Callable[[EstimatorConfig, list[str]], DepthSource]] = {

@@ -66,18 +66,23 @@ class FilesDepth:
     name = "files"
     multiple_of = 1
 
-    def __init__(self, depth_dir: str | Path, kind: Literal["depth", "disparity"], levels: list[str]):
+    def __init__(self, depth_dir: str | Path, kind: Literal["depth", "disparity"], levels: list[str],
+                 allow_symlinks: bool = False):  # fmt: skip
         if kind not in ("depth", "disparity"):
             raise ValueError(f"files source: depth_kind must be 'depth' or 'disparity', got {kind!r}")
         self.depth_dir = Path(depth_dir)
         if not self.depth_dir.is_dir():
             raise ValueError(f"files source: depth folder not found: {self.depth_dir}")
-        self.kind = kind
+        self.kind, self.allow_symlinks = kind, allow_symlinks
         self.feature_info = parse_levels(levels)
 
     def find(self, stem: str) -> Path:
+        from depth_cache.images import resolve_in_folder
+
         for suffix in SUFFIXES:
-            path = self.depth_dir / f"{stem}{suffix}"
+            name = f"{stem}{suffix}"
+            path = resolve_in_folder(self.depth_dir, name, where=f"files source: depth map {name}",
+                                     allow_symlinks=self.allow_symlinks)  # fmt: skip
             if path.is_file():
                 return path
         raise FileNotFoundError(f"files source: no depth map {stem}{{{','.join(SUFFIXES)}}} in {self.depth_dir}")

@@ -3,7 +3,8 @@
 `load_coco` reads a COCO JSON (polygon, uncompressed-RLE and compressed-RLE segmentations,
 decoded with pycocotools) and checks it before anything trains: malformed JSON, an annotation
 pointing at an unknown image or category, an empty image list, image files missing from
-`image_dir` -- each a `DataError` naming the file and the problem.
+`image_dir` or a `file_name` leading outside it (`..`, absolute, a symlink out) -- each a
+`DataError` naming the file, the entry and the problem.
 
 `iscrowd` annotations are kept (splits copy them; COCOeval uses them to ignore crowd regions),
 but they are not training instances: `CocoData.instances` leaves them out, and their pixels are
@@ -22,6 +23,8 @@ from typing import Any
 
 import numpy as np
 from pycocotools import mask as mask_utils
+
+from depth_cache.images import UnsafePathError, resolve_in_folder
 
 MAX_LISTED = 20  # ids / files named in an error message
 
@@ -50,8 +53,21 @@ def _listing(items: list, total: int | None = None) -> str:
     return f"{total} ({shown}{', ...' if total > MAX_LISTED else ''})"
 
 
-def check_images(images: Any, path: Path, image_dir: Path | None) -> list[dict]:
-    """Validate image records (non-empty, fields, unique ids) and, given `image_dir`, that every file exists."""
+def image_path(image_dir: Path, rec: dict, source: Path, index: int | None = None,
+               allow_symlinks: bool = False) -> Path:
+    """The file of image record `rec` of `source`, refused (DataError naming the JSON and the entry) when
+    its file_name leads outside `image_dir` (`..`, absolute, or a symlink out unless allowed)."""
+    entry = f"images[{index}] (id {rec.get('id')})" if index is not None else f"image {rec.get('id')}"
+    where = f"{source}: {entry}"
+    try:
+        return resolve_in_folder(image_dir, rec["file_name"], where=where, allow_symlinks=allow_symlinks)
+    except UnsafePathError as err:
+        raise DataError(str(err)) from err
+
+
+def check_images(images: Any, path: Path, image_dir: Path | None, allow_symlinks: bool = False) -> list[dict]:
+    """Validate image records (non-empty, fields, unique ids) and, given `image_dir`, that every file is
+    inside it and exists."""
     if not isinstance(images, list) or not images:
         raise DataError(f"{path}: empty or missing 'images' list (an empty split?)")
     seen: set = set()
@@ -63,7 +79,8 @@ def check_images(images: Any, path: Path, image_dir: Path | None) -> list[dict]:
             raise DataError(f"{path}: duplicate image id {rec['id']}")
         seen.add(rec["id"])
     if image_dir is not None:
-        absent = [r["file_name"] for r in images if not (Path(image_dir) / r["file_name"]).is_file()]
+        files = [image_path(Path(image_dir), r, path, i, allow_symlinks) for i, r in enumerate(images)]
+        absent = [r["file_name"] for r, f in zip(images, files, strict=True) if not f.is_file()]
         if absent:
             raise DataError(f"{path}: {_listing(absent)} image files are missing from {image_dir}")
     return images
@@ -92,13 +109,14 @@ class CocoData:
         return [a for a in self.anns_by_image.get(image_id, []) if not a.get("iscrowd", 0)]
 
 
-def load_coco(path: Path, image_dir: Path | None = None) -> CocoData:
-    """Read and check a COCO instance file; with `image_dir`, also check that every image file exists."""
+def load_coco(path: Path, image_dir: Path | None = None, allow_symlinks: bool = False) -> CocoData:
+    """Read and check a COCO instance file; with `image_dir`, also check that every image file is inside
+    it and exists."""
     path = Path(path)
     data = read_json(path)
     if not isinstance(data, dict):
         raise DataError(f"{path}: top level must be a JSON object with images/annotations/categories")
-    images = check_images(data.get("images"), path, image_dir)
+    images = check_images(data.get("images"), path, image_dir, allow_symlinks)
     cats = data.get("categories")
     if not isinstance(cats, list) or not cats or not all(isinstance(c, dict) and "id" in c for c in cats):
         raise DataError(f"{path}: missing or empty 'categories' list (each needs an 'id')")
@@ -127,13 +145,13 @@ def load_coco(path: Path, image_dir: Path | None = None) -> CocoData:
     return CocoData(path=path, images=images, categories=cats, anns_by_image=by_image, raw=data)
 
 
-def load_image_list(path: Path, image_dir: Path | None = None) -> list[dict]:
+def load_image_list(path: Path, image_dir: Path | None = None, allow_symlinks: bool = False) -> list[dict]:
     """Read and check an unlabelled image list `{"images": [...]}`."""
     path = Path(path)
     data = read_json(path)
     if not isinstance(data, dict):
         raise DataError(f'{path}: expected an object {{"images": [...]}}')
-    return check_images(data.get("images"), path, image_dir)
+    return check_images(data.get("images"), path, image_dir, allow_symlinks)
 
 
 def write_image_list(path: Path, images: list[dict]) -> None:

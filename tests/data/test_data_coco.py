@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
 
@@ -110,3 +111,80 @@ def test_image_list(tmp_path):
     empty = _write(tmp_path / "e.json", {"images": []})
     with pytest.raises(DataError, match="empty"):
         load_image_list(empty)
+
+
+# ---------------------------------------------------------------- issue 12: paths and cache entries
+
+
+def test_file_names_leading_outside_the_image_folder_are_refused(tmp_path):
+    from pipeline.data.dataset import InstanceDataset
+
+    _dataset(tmp_path, [])
+    Image.new("RGB", (12, 10)).save(tmp_path / "outside.png")
+    (tmp_path / "img" / "link.png").symlink_to(tmp_path / "outside.png")
+    for name, why in [("../outside.png", "contains '..'"), (str(tmp_path / "outside.png"), "absolute"),
+                      ("link.png", "symlink")]:  # fmt: skip
+        images = [{"id": 1, "file_name": "a.png", "height": 10, "width": 12},
+                  {"id": 2, "file_name": name, "height": 10, "width": 12}]  # fmt: skip
+        ann = _dataset(tmp_path, [], images)
+        with pytest.raises(DataError, match=why) as err:
+            load_coco(ann, tmp_path / "img")
+        assert "ann.json: images[1] (id 2)" in str(err.value)
+        with pytest.raises(DataError, match=why):
+            load_image_list(ann, tmp_path / "img")
+    ds = InstanceDataset(tmp_path / "img", ann, allow_symlinks=True)  # the explicit option lets a symlink out
+    assert ds[1].image.shape == (3, 10, 12)
+
+
+def test_dataset_refuses_cache_entries_of_other_files_with_the_same_ids(tmp_path):
+    """A val JSON numbered like the train JSON: its entries would be the train images' depth."""
+    from depth_cache.config import CacheConfig, EstimatorConfig
+    from depth_cache.images import records_from_json
+    from depth_cache.precompute import run_precompute
+    from depth_cache.reader import open_cache
+    from pipeline.data.dataset import InstanceDataset
+    from pipeline.data.synthetic import generate_dataset
+
+    root = tmp_path / "data"
+    generate_dataset(root, num_train=4, num_val=4, size=32, seed=0)
+    train_json, val_json = root / "annotations" / "train.json", root / "annotations" / "val.json"
+    val = json.loads(val_json.read_text())
+    offset = val["images"][0]["id"] - 1
+    for r in val["images"]:
+        r["id"] -= offset
+    for a in val["annotations"]:
+        a["image_id"] -= offset
+    renumbered = _write(tmp_path / "val_renumbered.json", val)
+    est = EstimatorConfig(name="files", depth_dir=str(root / "depth"), input_size=32)
+    cache = CacheConfig(root=str(tmp_path / "cache"), levels=["depth_s8"], num_workers=0)
+    run_precompute(records_from_json(train_json, root / "images" / "train"), est, cache, progress=False)
+    reader = open_cache(cache.root, est, cache)
+    InstanceDataset(root / "images" / "train", train_json, reader=reader)  # its own entries: fine
+    with pytest.raises(DataError, match="not the files their depth cache entries were computed from") as err:
+        InstanceDataset(root / "images" / "val", renumbered, reader=reader)
+    assert "val_000000.png" in str(err.value) and "train_000000.png" in str(err.value)
+
+
+def test_training_read_of_a_damaged_shard_names_the_cache_shard_image_and_the_fix(tmp_path):
+    from depth_cache.config import CacheConfig, EstimatorConfig
+    from depth_cache.images import records_from_json
+    from depth_cache.precompute import run_precompute
+    from depth_cache.reader import open_cache
+    from depth_cache.store import CacheError
+    from pipeline.data.dataset import InstanceDataset
+    from pipeline.data.synthetic import generate_dataset
+
+    root = tmp_path / "data"
+    generate_dataset(root, num_train=3, num_val=1, size=32, seed=0)
+    train_json, images = root / "annotations" / "train.json", root / "images" / "train"
+    est = EstimatorConfig(name="files", depth_dir=str(root / "depth"), input_size=32)
+    cache = CacheConfig(root=str(tmp_path / "cache"), levels=["depth_s8"], num_workers=0)
+    key = run_precompute(records_from_json(train_json, images), est, cache, progress=False).key
+    shard = tmp_path / "cache" / key / "maps" / "depth" / "c" / "0" / "0" / "0" / "0"
+    shard.write_bytes(shard.read_bytes()[:-40])  # cut short, as a full disk or a killed copy leaves it
+    ds = InstanceDataset(images, train_json, reader=open_cache(cache.root, est, cache))
+    loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=1)
+    with pytest.raises(CacheError) as err:
+        next(iter(loader))
+    msg = str(err.value)
+    assert key in msg and "shard 0" in msg and "image '1'" in msg and f"cache verify {key}" in msg
