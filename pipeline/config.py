@@ -86,6 +86,8 @@ class ModelConfig:
     backbone: str = setting("resnet18", help="timm model name used with features_only (resnet18, resnet50, ...)")
     backbone_weights: Optional[str] = setting(
         None, help="local timm checkpoint of the backbone (never downloaded); null = random initialisation")
+    backbone_norm: Literal["auto", "frozen", "batch"] = setting(
+        "auto", help="backbone BatchNorm: frozen (Mask2Former), batch (live), auto = frozen with backbone_weights")
     hidden_dim: int = setting(128, range="[1, inf)",
                               help="width of the pixel decoder and the transformer decoder (a multiple of nheads)")
     num_queries: int = setting(20, range="[1, inf)", help="object queries: the most instances predicted per image")
@@ -124,14 +126,22 @@ class TrainConfig:
                             help="iterations of the whole run (teacher-student: stage A + stage B)")
     batch_size: int = setting(8, range="[1, inf)", help="labelled images per step (global, over all processes)")
     lr: float = setting(1e-4, range="(0, inf)", help="base learning rate of AdamW")
-    weight_decay: float = setting(0.05, range="[0, inf)", help="AdamW weight decay (norms and biases get none)")
+    weight_decay: float = setting(0.05, range="[0, inf)",
+                                  help="AdamW weight decay (norm layers and embeddings: the two below)")
+    weight_decay_norm: float = setting(0.0, range="[0, inf)",
+                                       help="weight decay of normalisation layers (Mask2Former: 0)")
+    weight_decay_embed: float = setting(0.0, range="[0, inf)",
+                                        help="weight decay of nn.Embedding tables, e.g. the queries (Mask2Former: 0)")
     backbone_lr_mult: float = setting(0.1, range="[0, inf)", help="backbone learning rate = lr x this")
     warmup_iters: int = setting(50, range="[0, inf)",
         help="linear LR warm-up from 0.001 x lr over this many steps, at the start of each stage")
     schedule: Literal["poly", "step"] = setting(
         "poly", help="LR decay over each stage: poly (power 0.9, to 0 at the stage's end) or step (x gamma at steps)")
     steps: list[int] = setting(factory=list, range="[1, inf)",
-        help="schedule=step: steps (from the stage's start) at which the LR is multiplied by gamma")
+        help="schedule=step: absolute iterations at which the LR is multiplied by gamma; each stage keeps "
+             "those inside it, counted from its start (not with step_fractions)")
+    step_fractions: list[float] = setting(factory=list, range="(0, 1)",
+        help="schedule=step: milestones as fractions of each stage's length, e.g. [0.889, 0.963] (Mask2Former)")
     gamma: float = setting(0.1, range="(0, 1]", help="schedule=step: LR factor applied at each of train.steps")
     clip_grad: float = setting(0.01, range="[0, inf)",
                                help="clip the full-model gradient norm to this (Mask2Former); 0 = no clipping")
@@ -171,6 +181,8 @@ class ControllerConfig:
                                help="adaptive γ: the set the student fits worse gets less weight; 0 = off")
     agreement_iou: float = setting(0.5, range="[0, 1]",
                                    help="mask IoU above which an RGB and a depth pseudo-label count as one object")
+    agreement_class_aware: bool = setting(
+        True, help="an RGB-depth match also needs the same class (false: instances only)")
 
 
 @dataclass

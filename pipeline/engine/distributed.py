@@ -57,6 +57,16 @@ def all_reduce_mean(values: dict[str, float], device: torch.device) -> dict[str,
     return dict(zip(keys, t.tolist(), strict=True))
 
 
+def all_reduce_sum(values: dict[str, float], device: torch.device) -> dict[str, float]:
+    """Sum scalar values over processes (every process must call it, with the same keys)."""
+    if not dist.is_initialized() or not values:
+        return dict(values)
+    keys = sorted(values)
+    t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return dict(zip(keys, t.tolist(), strict=True))
+
+
 def all_gather_objects(obj: object) -> list[object]:
     """Gather picklable objects (e.g. per-process predictions) on every process."""
     if not dist.is_initialized():

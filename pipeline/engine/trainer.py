@@ -24,6 +24,7 @@ from pipeline.engine.checkpoint import (
 )
 from pipeline.engine.context import RunContext, build_context, check_finite, train_loader
 from pipeline.engine.inference import evaluate_model
+from pipeline.engine.optim import base_lr
 
 
 def train(cfg: Config, resume: bool = False) -> dict:
@@ -137,12 +138,13 @@ def train_supervised(cfg: Config, resume: bool = False) -> dict:
             outputs = model(batch.images, batch.features if ctx.use_depth else None)
         losses = ctx.criterion(outputs, batch.targets)
         check_finite(losses, it, ctx.out_dir)
+        lr = base_lr(ctx.scheduler, cfg.train)  # the rate this step uses
         optimizer_step(ctx, sum(losses.values()), model.parameters())
         step = it + 1
         if due(step, cfg.train.log_period, cfg.train.max_iter):
             terms = main_loss_terms(losses)
             bar.set_postfix(loss=f"{terms['loss']:.3f}")
-            ctx.log.write({"iter": step, **terms, "lr": ctx.scheduler.get_last_lr()[0],
+            ctx.log.write({"iter": step, **terms, "lr": lr,
                            "time": time.perf_counter() - t0, "data_time": clock.waited})
         if ctx.dist.is_main and due(step, cfg.train.checkpoint_period, cfg.train.max_iter):
             save_checkpoint(ctx.out_dir, step, checkpoint_state(ctx))

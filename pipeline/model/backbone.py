@@ -3,6 +3,13 @@
 Weights are never downloaded: `pretrained=False` always, and a checkpoint, if given, is a local
 file read with `torch.load(..., weights_only=True)` (weight files are untrusted) and loaded into
 the timm model, with a clear error when its keys or shapes do not fit.
+
+BatchNorm is frozen by default with pretrained weights (`FrozenBatchNorm2d`, as Mask2Former and
+Guided Distillation): the ImageNet statistics and affine stay fixed, so the few images per GPU at
+paper scale never supply a batch statistic, the depth view (which runs through the same backbone)
+never mixes its statistics into the RGB ones, and teacher (eval mode) and student (train mode)
+normalise alike. A random-initialised backbone keeps live BatchNorm by default: frozen at its
+initial statistics (mean 0, variance 1) it would be an identity, leaving a deep ResNet unnormalised.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from typing import Optional
 
 import timm
 import torch
+from timm.layers import freeze_batch_norm_2d
 from torch import Tensor, nn
 
 LEVEL_STRIDES = {"res2": 4, "res3": 8, "res4": 16, "res5": 32}
@@ -62,9 +70,11 @@ class Backbone(nn.Module):
         name: a timm model name (resnet18 for tests and demos, resnet50 at paper scale).
         weights: local checkpoint of that timm model (the classification head's keys are ignored);
             None = random initialisation.
+        norm: "frozen" (BatchNorm -> FrozenBatchNorm2d, after loading the weights), "batch" (live),
+            "auto" = frozen when `weights` is given, live otherwise.
     """
 
-    def __init__(self, name: str = "resnet50", weights: Optional[str] = None) -> None:
+    def __init__(self, name: str = "resnet50", weights: Optional[str] = None, norm: str = "auto") -> None:
         super().__init__()
         _check_name(name)
         self.name = name
@@ -84,8 +94,13 @@ class Backbone(nn.Module):
             self._index[level] = hits[-1]  # the deepest stage at that stride
             self.channels[level] = channels[hits[-1]]
             self.strides[level] = stride
+        if norm not in ("auto", "frozen", "batch"):
+            raise ValueError(f"backbone norm must be 'auto', 'frozen' or 'batch', got {norm!r}")
         if weights is not None:
             self.load_weights(weights)
+        self.frozen_norm = norm == "frozen" or (norm == "auto" and weights is not None)
+        if self.frozen_norm:
+            self.body = freeze_batch_norm_2d(self.body)
 
     def load_weights(self, path: str) -> None:
         """Load a local timm checkpoint; raises ValueError naming the file if it does not fit."""

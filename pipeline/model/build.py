@@ -21,7 +21,7 @@ def build_model(cfg: ModelConfig, num_classes: int, depth_channels: dict[str, in
         depth_channels: {depth feature name: channels} the depth source provides; Depth Fusion
             (when `cfg.depth_fusion.enabled`) must find its sources there.
     """
-    backbone = Backbone(cfg.backbone, weights=cfg.backbone_weights)
+    backbone = Backbone(cfg.backbone, weights=cfg.backbone_weights, norm=cfg.backbone_norm)
     fusion = None
     if cfg.depth_fusion.enabled:
         if not depth_channels:

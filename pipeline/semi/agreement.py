@@ -7,9 +7,13 @@ and their summed IoU second. Over the batch (micro-average):
 
     agreement = 2 * matches / (n_rgb + n_depth)        (the F-measure of the matching)
 
-1 when both teachers find the same instances, 0 when they share none (or one set is empty while
-the other is not). When both sets are empty on every image there is nothing to compare and the
-result is None, which the controller treats as "no measurement this step" (not as 0 or 1).
+over the images where BOTH sets are non-empty: 1 when both teachers find the same instances, 0 when
+they share none. An image where one view found nothing says more about that view's teacher (a
+depth-view teacher that fires on no image would otherwise read as "no agreement" and push the
+controller towards that very set) than about agreement, so it is skipped; when no image has two
+non-empty sets the result is None, which the controller treats as "no measurement this step".
+`class_aware=False` matches masks whatever their labels: at 80 classes the depth view (no colour
+or texture) often gets the class wrong while finding the right instance.
 """
 
 from __future__ import annotations
@@ -47,6 +51,26 @@ def count_matches(
     return int(ok_np[rows, cols].sum())
 
 
+def agreement_counts(
+    rgb_sets: Sequence[dict[str, Tensor]],
+    depth_sets: Sequence[dict[str, Tensor]],
+    *,
+    iou_threshold: float = 0.5,
+    class_aware: bool = True,
+) -> tuple[int, int]:
+    """(matches, n_rgb + n_depth) summed over the images where both sets are non-empty: sums, so
+    processes can add theirs before the ratio is taken."""
+    if len(rgb_sets) != len(depth_sets):
+        raise ValueError(f"agreement needs one depth set per RGB set, got {len(rgb_sets)} and {len(depth_sets)}")
+    matches = total = 0
+    for r, d in zip(rgb_sets, depth_sets, strict=True):
+        if len(r["labels"]) == 0 or len(d["labels"]) == 0:
+            continue
+        total += len(r["labels"]) + len(d["labels"])
+        matches += count_matches(r, d, iou_threshold=iou_threshold, class_aware=class_aware)
+    return matches, total
+
+
 def pseudo_label_agreement(
     rgb_sets: Sequence[dict[str, Tensor]],
     depth_sets: Sequence[dict[str, Tensor]],
@@ -54,16 +78,12 @@ def pseudo_label_agreement(
     iou_threshold: float = 0.5,
     class_aware: bool = True,
 ) -> Optional[float]:
-    """F-measure of the matching between RGB and depth pseudo-label sets over a batch, or None if all empty.
+    """F-measure of the matching between RGB and depth pseudo-label sets over a batch (images with an
+    empty set skipped), or None if no image has two non-empty sets.
 
     Args:
         rgb_sets, depth_sets: per-image dicts with `labels` (N,) and `masks` (N, H, W) bool, same images
             in the same order (the output of `make_pseudo_labels` on the two views).
     """
-    if len(rgb_sets) != len(depth_sets):
-        raise ValueError(f"agreement needs one depth set per RGB set, got {len(rgb_sets)} and {len(depth_sets)}")
-    matches = total = 0
-    for r, d in zip(rgb_sets, depth_sets, strict=True):
-        total += len(r["labels"]) + len(d["labels"])
-        matches += count_matches(r, d, iou_threshold=iou_threshold, class_aware=class_aware)
+    matches, total = agreement_counts(rgb_sets, depth_sets, iou_threshold=iou_threshold, class_aware=class_aware)
     return None if total == 0 else 2.0 * matches / total

@@ -9,9 +9,15 @@ pseudo-label sets; the student's unsupervised loss against them is (`losses.comb
 
     L_unsup = unsup_weight * ((1 - w) * L_rgb + w * L_depth),      w in [w_min, w_max].
 
-**Measured each step** (the `stats` of `update`): `agreement` a, the F-measure of the IoU/class
-matching between the two sets (`agreement.pseudo_label_agreement`); `loss_rgb` and `loss_depth`,
-the student's unsupervised losses against each set (unweighted sums, detached). Each is smoothed
+**Measured each step** (the `stats` of `update`, made by `measure_step` + `finish_measurements`):
+`agreement` a, the F-measure of the IoU (and, if `agreement_class_aware`, class) matching between
+the two sets over the images where both are non-empty (`agreement.agreement_counts`); `loss_rgb`
+and `loss_depth`, the student's *matched mask* losses (BCE + dice of the last layer, per pseudo-label
+mask) against each set, None for a set with no mask in the batch. The classification term is left
+out: against an empty set it is only "no object" on every query, small and easy, which read as "the
+student fits the depth set well" and pushed w up while the depth teacher found nothing. Under
+several processes the counts and losses are summed over processes first (`reduce_measurements`),
+so every rank takes the same w. Each is smoothed
 by a bias-corrected EMA with `momentum` m (x̄_n = EMA_n / (1 - m^n) over the n steps where it was
 measured; a missing or non-finite value leaves it unchanged).
 
@@ -50,12 +56,14 @@ JSON-able values, saved in checkpoints so a resumed run continues with identical
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Optional, Union
 
+import torch
 from torch import Tensor
 
 from pipeline.config import ControllerConfig
+from pipeline.semi.agreement import agreement_counts
 
 Stat = Union[float, Tensor, None]
 STAT_NAMES = ("agreement", "loss_rgb", "loss_depth")
@@ -207,6 +215,52 @@ def _check_stats(stats: Optional[Mapping[str, Stat]]) -> dict[str, float]:
         if math.isfinite(v):
             clean[name] = v
     return clean
+
+
+MASK_TERMS = ("loss_mask", "loss_dice")
+
+
+def measure_step(
+    rgb_sets: Sequence[Mapping[str, Tensor]],
+    depth_sets: Sequence[Mapping[str, Tensor]],
+    loss_rgb: Mapping[str, Tensor],
+    loss_depth: Mapping[str, Tensor],
+    *,
+    iou_threshold: float = 0.5,
+    class_aware: bool = True,
+) -> dict[str, float]:
+    """This process's raw measurements: sums and counts that add up over processes.
+
+    `loss_*` are `SetCriterion` dicts; their mask terms are means over the pseudo-label masks (the
+    criterion divides by the masks of all processes, so the per-process values sum to the mean of
+    the whole batch once divided by the number of processes)."""
+    matches, compared = agreement_counts(rgb_sets, depth_sets, iou_threshold=iou_threshold, class_aware=class_aware)
+    out = {"matches": float(matches), "compared": float(compared)}
+    for name, sets, losses in (("rgb", rgb_sets, loss_rgb), ("depth", depth_sets, loss_depth)):
+        out[f"n_{name}"] = float(sum(len(s["labels"]) for s in sets))
+        with torch.no_grad():
+            out[f"loss_{name}"] = float(sum(losses[k].detach().float() for k in MASK_TERMS if k in losses))
+    return out
+
+
+def reduce_measurements(raw: dict[str, float], all_reduce_sum: Optional[Callable] = None,
+                        world_size: int = 1) -> dict[str, float]:
+    """Sum the raw measurements over processes (`all_reduce_sum(dict) -> dict`, None = one process)."""
+    if all_reduce_sum is None or world_size == 1:
+        return dict(raw)
+    total = all_reduce_sum(raw)
+    for name in ("loss_rgb", "loss_depth"):
+        total[name] /= world_size
+    return total
+
+
+def finish_measurements(raw: Mapping[str, float]) -> dict[str, Optional[float]]:
+    """The controller's `stats` from (reduced) raw measurements; None where nothing was measured."""
+    return {
+        "agreement": 2.0 * raw["matches"] / raw["compared"] if raw["compared"] > 0 else None,
+        "loss_rgb": raw["loss_rgb"] if raw["n_rgb"] > 0 else None,
+        "loss_depth": raw["loss_depth"] if raw["n_depth"] > 0 else None,
+    }
 
 
 def build_controller(cfg: ControllerConfig) -> DepthController:

@@ -16,17 +16,17 @@ by the Depth Controller's weight w: unsup_weight * ((1 - w) L_rgb + w L_depth).
 
 from __future__ import annotations
 
-import dataclasses
 import time
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from pipeline.config import Config
+from pipeline.config import Config, TrainConfig
 from pipeline.engine.checkpoint import load_checkpoint, load_model_state, save_checkpoint
 from pipeline.engine.context import RunContext, build_context, check_finite, train_loader
-from pipeline.engine.optim import build_optimizer, build_scheduler
+from pipeline.engine.distributed import all_reduce_sum
+from pipeline.engine.optim import base_lr, build_optimizer, build_scheduler, stage_schedule
 from pipeline.engine.trainer import (
     LoaderClock,
     checkpoint_state,
@@ -37,11 +37,10 @@ from pipeline.engine.trainer import (
     restore,
     wrap_ddp,
 )
-from pipeline.semi.agreement import pseudo_label_agreement
-from pipeline.semi.depth_controller import build_controller
+from pipeline.semi.depth_controller import build_controller, finish_measurements, measure_step, reduce_measurements
 from pipeline.semi.depth_view import render_depth_view
 from pipeline.semi.ema import copy_student_to_teacher, ema_update, make_teacher
-from pipeline.semi.losses import combine_unsup_losses, loss_value
+from pipeline.semi.losses import combine_unsup_losses
 from pipeline.semi.pseudo_labels import make_pseudo_labels
 
 
@@ -76,9 +75,38 @@ def teacher_pseudo_labels(ctx: RunContext, teacher: nn.Module, batch) -> tuple[l
     return rgb, depth
 
 
+def controller_stats(ctx: RunContext, rgb_pl: list[dict], depth_pl: list[dict], loss_rgb: dict,
+                     loss_depth: dict) -> dict:
+    """The Depth Controller's measurements of this step, summed over every process (so all ranks
+    update their controllers identically and keep the same w)."""
+    c = ctx.cfg.semi.controller
+    raw = measure_step(rgb_pl, depth_pl, loss_rgb, loss_depth, iou_threshold=c.agreement_iou,
+                       class_aware=c.agreement_class_aware)
+    reduced = reduce_measurements(raw, lambda v: all_reduce_sum(v, ctx.device), ctx.dist.world_size)
+    return finish_measurements(reduced)
+
+
 def strong_view(images: torch.Tensor, valid: torch.Tensor, augment) -> torch.Tensor:
     """Photometric augmentation per image; geometry (and so every pseudo-label) is unchanged."""
     return torch.stack([augment(img) for img in images]) * valid[:, None].to(images)
+
+
+def stage_b_start(cfg: Config) -> int:
+    """First iteration of stage B (0 when stage B starts from a given teacher checkpoint)."""
+    return 0 if cfg.semi.teacher_checkpoint else cfg.semi.teacher_iters
+
+
+def stage_schedules(cfg: Config) -> dict[str, TrainConfig]:
+    """Each stage's schedule ("A" absent when there is no stage A): a whole schedule per stage, as
+    Guided Distillation trains its teacher and its student in two runs of the full recipe."""
+    start_b = stage_b_start(cfg)
+    if start_b >= cfg.train.max_iter:
+        raise ValueError(f"semi: stage B would start at iteration {start_b} but train.max_iter is "
+                         f"{cfg.train.max_iter}; raise train.max_iter above semi.teacher_iters")
+    out = {"B": stage_schedule(cfg.train, start_b, cfg.train.max_iter)}
+    if start_b > 0:
+        out = {"A": stage_schedule(cfg.train, 0, start_b), **out}
+    return out
 
 
 def _stage_b_reset(ctx: RunContext, teacher: nn.Module, start_b: int) -> None:
@@ -90,7 +118,7 @@ def _stage_b_reset(ctx: RunContext, teacher: nn.Module, start_b: int) -> None:
 
         fresh = build_model(cfg.model, cfg.data.num_classes, ctx.provider.channels).to(ctx.device)
         ctx.model.load_state_dict(fresh.state_dict())
-    stage_b = dataclasses.replace(cfg.train, max_iter=cfg.train.max_iter - start_b)
+    stage_b = stage_schedules(cfg)["B"]
     ctx.optimizer = build_optimizer(ctx.model, stage_b)
     ctx.scheduler = build_scheduler(ctx.optimizer, stage_b)
 
@@ -103,7 +131,8 @@ def train_semi(cfg: Config, resume: bool = False) -> dict:
     ctx = build_context(cfg)
     teacher = make_teacher(ctx.model)
     controller = build_controller(semi.controller)
-    start_b = 0 if semi.teacher_checkpoint else semi.teacher_iters
+    start_b = stage_b_start(cfg)
+    schedules = stage_schedules(cfg)
     if semi.teacher_checkpoint and not resume:
         ckpt = load_checkpoint(semi.teacher_checkpoint)
         key = "teacher" if "teacher" in ckpt else "model"
@@ -111,7 +140,7 @@ def train_semi(cfg: Config, resume: bool = False) -> dict:
         _stage_b_reset(ctx, teacher, start_b)
     else:
         # stage A trains over its own schedule; stage B builds a new one at the boundary
-        ctx.scheduler = build_scheduler(ctx.optimizer, dataclasses.replace(cfg.train, max_iter=start_b))
+        ctx.scheduler = build_scheduler(ctx.optimizer, schedules["A" if "A" in schedules else "B"])
     start = 0
     if resume:
         # a checkpoint from stage B carries the teacher; rebuild stage B's optimiser first so shapes match
@@ -154,11 +183,7 @@ def train_semi(cfg: Config, resume: bool = False) -> dict:
             out = _forward(ctx, model, strong_view(ub.images, ub.valid, augment), ub)
             loss_rgb = ctx.criterion(out, rgb_pl)
             loss_depth = ctx.criterion(out, depth_pl) if depth_pl is not None else None
-            stats = {"loss_rgb": loss_value(loss_rgb)}
-            if depth_pl is not None:
-                stats["loss_depth"] = loss_value(loss_depth)
-                stats["agreement"] = pseudo_label_agreement(
-                    rgb_pl, depth_pl, iou_threshold=semi.controller.agreement_iou)
+            stats = controller_stats(ctx, rgb_pl, depth_pl, loss_rgb, loss_depth) if depth_pl is not None else {}
             w = controller.update(it - start_b, stats)
             unsup = combine_unsup_losses(loss_rgb, loss_depth, w, semi.unsup_weight)
             record = {"loss_sup": float(sum(v.detach() for v in losses.values())),
@@ -170,6 +195,7 @@ def train_semi(cfg: Config, resume: bool = False) -> dict:
                 record["pseudo/agreement"] = stats["agreement"]
             losses = {**losses, **unsup}
         check_finite(losses, it, ctx.out_dir)
+        lr = base_lr(ctx.scheduler, cfg.train)  # the rate this step uses
         optimizer_step(ctx, sum(losses.values()), model.parameters())
         if in_b:
             b_step = it + 1 - start_b
@@ -182,7 +208,7 @@ def train_semi(cfg: Config, resume: bool = False) -> dict:
             terms = main_loss_terms(losses)
             bar.set_postfix(loss=f"{terms['loss']:.3f}", stage="B" if in_b else "A")
             ctx.log.write({"iter": step, "stage": "B" if in_b else "A", "loss": terms["loss"], **record,
-                           "lr": ctx.scheduler.get_last_lr()[0], "time": time.perf_counter() - t0,
+                           "lr": lr, "time": time.perf_counter() - t0,
                            "data_time": clock.waited})
         if ctx.dist.is_main and due(step, cfg.train.checkpoint_period, cfg.train.max_iter):
             extra = {"teacher": teacher.state_dict(), "controller": controller.state_dict()} if in_b else {}

@@ -62,3 +62,50 @@ def test_corrupt_or_missing_checkpoint(tmp_path):
         Backbone("resnet18", weights=str(bad))
     with pytest.raises(FileNotFoundError, match="nope.pth"):
         Backbone("resnet18", weights=str(tmp_path / "nope.pth"))
+
+
+def _batchnorms(bb: Backbone) -> list[torch.nn.Module]:
+    return [m for m in bb.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+
+
+def test_pretrained_backbone_freezes_batchnorm(tmp_path):
+    """Mask2Former's FrozenBatchNorm2d: statistics and affine fixed in train mode, no trainable norm parameters."""
+    path = tmp_path / "w.pth"
+    full = timm.create_model("resnet18", pretrained=False)
+    for m in full.modules():  # non-trivial statistics, as ImageNet weights have
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    torch.save(full.state_dict(), path)
+    bb = Backbone("resnet18", weights=str(path))  # "auto": frozen because weights are given
+    assert bb.frozen_norm and not _batchnorms(bb)
+    before = {k: v.clone() for k, v in bb.state_dict().items()}
+    bb.train()
+    x = torch.rand(2, 3, 64, 64)
+    out_train = bb(x)["res5"]
+    bb(torch.rand(2, 3, 64, 64) * 5)  # a batch of another domain (the depth view) changes nothing
+    assert all(torch.equal(v, bb.state_dict()[k]) for k, v in before.items())
+    bb.eval()
+    assert torch.allclose(bb(x)["res5"], out_train, atol=1e-5)  # train and eval normalise alike (teacher = student)
+    assert not [n for n, _ in bb.named_parameters() if "bn" in n]
+    mean = bb.body.bn1.running_mean
+    assert torch.equal(mean, full.bn1.running_mean)  # the file's statistics are the frozen ones
+
+
+def test_norm_option_and_random_init_default():
+    assert _batchnorms(Backbone("resnet18"))  # random init: live BatchNorm ("auto")
+    frozen = Backbone("resnet18", norm="frozen")
+    assert not _batchnorms(frozen) and frozen.frozen_norm
+    assert _batchnorms(Backbone("resnet18", norm="batch"))
+    with pytest.raises(ValueError, match="norm"):
+        Backbone("resnet18", norm="group")
+
+
+def test_paper_configs_build_a_frozen_backbone():
+    from pathlib import Path
+
+    from pipeline.config_io import load_config
+
+    configs = Path(__file__).resolve().parents[2] / "configs"
+    for name in ("coco_base.yaml", "cityscapes_base.yaml"):
+        assert load_config(configs / name).model.backbone_norm == "frozen", name

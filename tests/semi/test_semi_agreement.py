@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.semi.agreement import count_matches, pseudo_label_agreement
+from pipeline.semi.agreement import agreement_counts, count_matches, pseudo_label_agreement
 
 W = 100  # masks are intervals on a 1 x W strip, so IoUs are easy to read
 
@@ -24,8 +24,17 @@ def test_identical_disjoint_and_empty_sets():
     s = _set([(0, 20), (30, 60), (70, 90)], [0, 1, 2])
     assert pseudo_label_agreement([s], [s]) == 1.0
     assert pseudo_label_agreement([s], [_set([(20, 30), (60, 70)])]) == 0.0
-    assert pseudo_label_agreement([s], [_empty()]) == 0.0
     assert pseudo_label_agreement([_empty(), _empty()], [_empty(), _empty()]) is None
+
+
+def test_images_with_an_empty_set_are_skipped():
+    """A view that found nothing is not "disagreement" (it would push the controller towards that view)."""
+    s = _set([(0, 20), (30, 60), (70, 90)], [0, 1, 2])
+    assert pseudo_label_agreement([s], [_empty()]) is None
+    assert pseudo_label_agreement([_empty()], [s]) is None
+    # image 1 agrees fully; image 2's depth set is empty and does not dilute it
+    assert pseudo_label_agreement([s, s], [s, _empty()]) == 1.0
+    assert agreement_counts([s, s], [s, _empty()]) == (3, 6)
 
 
 def test_iou_threshold_and_class_rule():
@@ -40,8 +49,8 @@ def test_iou_threshold_and_class_rule():
 
 def test_f_measure_is_micro_averaged_over_the_batch():
     img1_rgb, img1_depth = _set([(0, 40), (50, 90)]), _set([(0, 40)])  # 1 match of 2 + 1
-    img2_rgb, img2_depth = _empty(), _set([(10, 20), (30, 40)])  # 0 of 0 + 2
-    assert pseudo_label_agreement([img1_rgb, img2_rgb], [img1_depth, img2_depth]) == pytest.approx(2 * 1 / 5)
+    img2_rgb, img2_depth = _set([(10, 20)]), _set([(10, 20), (30, 40)])  # 1 of 1 + 2
+    assert pseudo_label_agreement([img1_rgb, img2_rgb], [img1_depth, img2_depth]) == pytest.approx(2 * 2 / 6)
 
 
 def test_matching_is_one_to_one_and_maximal():
