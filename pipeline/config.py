@@ -221,6 +221,8 @@ class SemiConfig:
     depth_pseudo_labels: bool = setting(
         True,
         help="the teacher also predicts on the depth view: a second pseudo-label set, mixed by the Depth Controller")
+    depth_view_weight: float = setting(1.0, range="[0, inf)",
+        help="weight of the labelled loss on the depth view, both stages (the RGB view's is 1)")
     controller: ControllerConfig = field(default_factory=ControllerConfig)
 
 

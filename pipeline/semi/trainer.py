@@ -50,13 +50,15 @@ def _forward(ctx: RunContext, model: nn.Module, images: torch.Tensor, batch) -> 
 
 
 def supervised_losses(ctx: RunContext, model: nn.Module, batch) -> dict[str, torch.Tensor]:
-    """Labelled loss on the RGB view, plus on the depth view when the teacher must read depth."""
+    """Labelled loss on the RGB view, plus `semi.depth_view_weight` x the loss on the depth view when
+    the teacher must read depth (the depth view would otherwise double the supervised loss)."""
     losses = ctx.criterion(_forward(ctx, model, batch.images, batch), batch.targets)
     if ctx.cfg.semi.depth_pseudo_labels:
         view = render_depth_view(batch.depth, batch.valid, colormap=ctx.cfg.semi.depth_view)
         depth_losses = ctx.criterion(_forward(ctx, model, view, batch), batch.targets)
+        dw = ctx.cfg.semi.depth_view_weight
         losses = {**{f"{k}_rgbview": v for k, v in losses.items()},
-                  **{f"{k}_depthview": v for k, v in depth_losses.items()}}
+                  **{f"{k}_depthview": dw * v for k, v in depth_losses.items()}}
     return losses
 
 

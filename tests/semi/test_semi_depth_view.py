@@ -96,3 +96,36 @@ def test_bad_input_is_named():
         render_depth_view(_depth(), torch.ones(2, 12, 15, dtype=torch.bool))
     with pytest.raises(ValueError, match="colormap"):
         render_depth_view(_depth(), colormap="turbo")
+
+
+def test_depth_view_loss_weight_is_a_config_value():
+    """`semi.depth_view_weight` scales the labelled depth-view terms (both stages use `supervised_losses`)."""
+    from types import SimpleNamespace
+
+    from pipeline.config import Config
+    from pipeline.model.build import build_criterion, build_model
+    from pipeline.semi.trainer import supervised_losses
+
+    cfg = Config()
+    cfg.model.depth_fusion.enabled = False
+    cfg.model.hidden_dim = cfg.model.mask_dim = 32
+    cfg.model.num_queries, cfg.model.nheads, cfg.model.dec_layers, cfg.model.enc_layers = 4, 2, 2, 1
+    cfg.model.dim_feedforward, cfg.model.train_num_points = 64, 64
+    model, criterion = build_model(cfg.model, 3, {}), build_criterion(cfg.model, 3)
+    masks = torch.zeros(1, 64, 64, dtype=torch.bool)
+    masks[0, 10:30, 10:40] = True
+    batch = SimpleNamespace(images=torch.rand(2, 3, 64, 64), depth=torch.rand(2, 1, 64, 64), features={},
+                            valid=torch.ones(2, 64, 64, dtype=torch.bool),
+                            targets=[{"labels": torch.tensor([1]), "masks": masks}] * 2)
+    terms = {}
+    for weight in (1.0, 0.5):
+        cfg.semi.depth_view_weight = weight
+        ctx = SimpleNamespace(cfg=cfg, criterion=criterion, autocast=torch.autocast("cpu", enabled=False),
+                              use_depth=False)
+        torch.manual_seed(0)
+        terms[weight] = {k: float(v) for k, v in supervised_losses(ctx, model, batch).items()}
+    assert terms[1.0].keys() == terms[0.5].keys()
+    for k, v in terms[1.0].items():
+        expected = 0.5 * v if k.endswith("_depthview") else v
+        assert terms[0.5][k] == pytest.approx(expected, rel=1e-5), k
+    assert any(k.endswith("_depthview") and v > 0 for k, v in terms[1.0].items())
