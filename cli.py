@@ -375,8 +375,9 @@ def train_cmd(config: str | None, resume: bool, overwrite: bool, overrides: tupl
 @click.option("--config", type=click.Path(exists=True, dir_okay=False), help=CONFIG_HELP)
 @click.option("--checkpoint", required=True, type=click.Path(exists=True),
               help="Checkpoint file, or a run folder (its last checkpoint).")
-@click.option("--which", type=click.Choice(["auto", "model", "teacher"]), default="auto", show_default=True,
-              help="Weights to evaluate; auto = the teacher when the checkpoint has one.")
+@click.option("--which", type=click.Choice(["auto", "model", "teacher", "student", "both"]), default="auto",
+              show_default=True, help="Weights to evaluate; auto = the teacher when the checkpoint has one; "
+              "student = the trained model of a teacher-student run; both = teacher and student.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Where metrics.json/results.json go.")
 @click.argument("overrides", nargs=-1)
 def evaluate_cmd(config: str | None, checkpoint: str, which: str, out_dir: str | None,

@@ -57,6 +57,10 @@ class DataConfig:
     hflip: bool = setting(True, help="random horizontal flip of training images (and their cached maps)")
     test_size: int = setting(128, range="[32, inf)",
                              help="short side in pixels to which evaluate/predict resize an image")
+    test_max_size: int = setting(0, range="[0, inf)",
+                                 help="evaluate/predict: long side at most this (COCO: 1333); 0 = no cap")
+    crop_size: Optional[list[int]] = setting(None, range="[32, inf)",
+        help="training canvas [height, width] instead of the square image_size (Cityscapes: [512, 1024])")
     feature_stride: int = setting(8, range="[1, inf)",
                                   help="cached depth maps and features are resampled to 1/feature_stride of the image")
     num_workers: int = setting(2, range="[0, inf)",

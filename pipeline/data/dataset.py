@@ -192,10 +192,15 @@ def _check_classes(ds: InstanceDataset, cfg: Config) -> InstanceDataset:
     return ds
 
 
+def train_canvas(d) -> tuple[int, int]:
+    """The training canvas (height, width): `data.crop_size` when set, else the square `image_size`."""
+    return (int(d.crop_size[0]), int(d.crop_size[1])) if d.crop_size else (d.image_size, d.image_size)
+
+
 def build_train_dataset(cfg: Config, reader: Any = None) -> InstanceDataset:
     """Labelled training data with flip + large-scale jitter onto the square canvas."""
     d = cfg.data
-    t = build_train_transforms(d.image_size, d.min_scale, d.max_scale, d.hflip, d.feature_stride)
+    t = build_train_transforms(train_canvas(d), d.min_scale, d.max_scale, d.hflip, d.feature_stride)
     ds = InstanceDataset(Path(d.image_dir), Path(d.train_json), t, reader, d.skip_missing_cache, feature_levels(cfg),
                          d.allow_symlinks_outside)  # fmt: skip
     if not any(ds.data.instances(r["id"]) for r in ds.images):
@@ -210,7 +215,7 @@ def build_unlabeled_dataset(cfg: Config, reader: Any = None) -> UnlabeledDataset
     d = cfg.data
     if not d.unlabeled_list:
         raise DataError("data.unlabeled_list is not set: the semi-supervised stage needs an unlabelled image list")
-    t = build_train_transforms(d.image_size, d.min_scale, d.max_scale, d.hflip, d.feature_stride)
+    t = build_train_transforms(train_canvas(d), d.min_scale, d.max_scale, d.hflip, d.feature_stride)
     return UnlabeledDataset(Path(d.image_dir), Path(d.unlabeled_list), t, reader, d.skip_missing_cache,
                             feature_levels(cfg), d.allow_symlinks_outside)  # fmt: skip
 
@@ -218,7 +223,7 @@ def build_unlabeled_dataset(cfg: Config, reader: Any = None) -> UnlabeledDataset
 def build_val_dataset(cfg: Config, reader: Any = None) -> InstanceDataset:
     """Validation data, short side resized to `test_size` (deterministic); `.coco` is the ground truth."""
     d = cfg.data
-    t = build_test_transforms(d.test_size, d.feature_stride)
+    t = build_test_transforms(d.test_size, d.feature_stride, d.test_max_size)
     ds = InstanceDataset(Path(d.val_image_dir), Path(d.val_json), t, reader, d.skip_missing_cache,
                          feature_levels(cfg), d.allow_symlinks_outside)  # fmt: skip
     return _check_classes(ds, cfg)

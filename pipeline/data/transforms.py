@@ -96,30 +96,38 @@ class DropFlipView:
 
 
 class LargeScaleJitter:
-    """Large-scale jitter onto a square `image_size` canvas (Mask2Former's LSJ).
+    """Large-scale jitter onto an `image_size` canvas (Mask2Former's LSJ): square, or (H, W) when
+    `image_size` is a pair (Cityscapes' 512 x 1024 crops).
 
-    Draw s in [min_scale, max_scale]; resize so the image fits an (s*image_size)^2 box (aspect kept);
-    take a random `image_size` crop where larger, pad bottom/right where smaller (valid False).
+    Draw s in [min_scale, max_scale]; resize so the image fits an (s*H, s*W) box (aspect kept);
+    take a random canvas-sized crop where larger, pad bottom/right where smaller (valid False).
     """
 
-    def __init__(self, image_size: int, min_scale: float, max_scale: float, feature_stride: Optional[int] = None):
+    def __init__(self, image_size, min_scale: float, max_scale: float, feature_stride: Optional[int] = None):
         if not 0 < min_scale <= max_scale:
             raise ValueError(f"need 0 < min_scale <= max_scale, got {min_scale}, {max_scale}")
-        self.image_size, self.min_scale, self.max_scale = image_size, min_scale, max_scale
+        self.canvas = _canvas(image_size)
+        self.min_scale, self.max_scale = min_scale, max_scale
         self.feature_stride = feature_stride
 
     def __call__(self, sample: Sample, generator: Optional[torch.Generator] = None) -> Sample:
         h, w = sample.size
         s = _uniform(self.min_scale, self.max_scale, generator)
-        ratio = s * self.image_size / max(h, w)  # output pixels per source pixel
+        ratio = s * min(self.canvas[0] / h, self.canvas[1] / w)  # output pixels per source pixel
         offsets = []
-        for n in (h, w):  # integer crop offset on the resized image, where it exceeds the canvas
-            room = max(0, math.floor(n * ratio - self.image_size))
+        for n, side in zip((h, w), self.canvas, strict=True):  # integer crop offset where it exceeds the canvas
+            room = max(0, math.floor(n * ratio - side))
             offsets.append(int(torch.randint(0, room + 1, (), generator=generator)))
-        canvas = (self.image_size, self.image_size)
         scale = (1 / ratio, 1 / ratio)
         offset = (offsets[0] / ratio, offsets[1] / ratio)
-        return resample_sample(sample, canvas, scale, offset, feature_stride=self.feature_stride)
+        return resample_sample(sample, self.canvas, scale, offset, feature_stride=self.feature_stride)
+
+
+def _canvas(image_size) -> tuple[int, int]:
+    if isinstance(image_size, int):
+        return (image_size, image_size)
+    h, w = (int(v) for v in image_size)
+    return (h, w)
 
 
 class Resize:
@@ -136,14 +144,17 @@ class Resize:
 
 
 class ResizeShortSide:
-    """Deterministic test-time resize: short side to `size` (aspect kept, sides rounded)."""
+    """Deterministic test-time resize: short side to `size` (aspect kept, sides rounded), the long side
+    capped at `max_size` when given (detectron2's ResizeShortestEdge: 800 / 1333 for COCO)."""
 
-    def __init__(self, size: int, feature_stride: Optional[int] = None):
-        self.size, self.feature_stride = size, feature_stride
+    def __init__(self, size: int, feature_stride: Optional[int] = None, max_size: int = 0):
+        self.size, self.feature_stride, self.max_size = size, feature_stride, max_size
 
     def __call__(self, sample: Sample, generator: Optional[torch.Generator] = None) -> Sample:
         h, w = sample.size
         ratio = self.size / min(h, w)
+        if self.max_size > 0:
+            ratio = min(ratio, self.max_size / max(h, w))
         out = (max(1, round(h * ratio)), max(1, round(w * ratio)))
         return Resize(*out, feature_stride=self.feature_stride)(sample)
 
@@ -175,18 +186,23 @@ class MatchResolution:
 
 
 def build_train_transforms(
-    image_size: int, min_scale: float, max_scale: float, hflip: bool, feature_stride: int
+    image_size, min_scale: float, max_scale: float, hflip: bool, feature_stride: int
 ) -> Compose:
-    """Flip (the cached maps, or the cached mirrored view) -> LSJ onto the square canvas -> final resolutions.
+    """Flip (the cached maps, or the cached mirrored view) -> LSJ onto the canvas -> final resolutions.
 
-    The flip must come first: only it may consume the mirrored view of a flip_views cache."""
-    if image_size % feature_stride:
-        raise ValueError(f"image_size {image_size} must be a multiple of feature_stride {feature_stride}")
+    `image_size`: the side of a square canvas, or (height, width). The flip must come first: only it
+    may consume the mirrored view of a flip_views cache."""
+    canvas = _canvas(image_size)
+    if any(side % feature_stride for side in canvas):
+        raise ValueError(f"training canvas {canvas[0]}x{canvas[1]} must be a multiple of "
+                         f"feature_stride {feature_stride}")
     steps: list[Transform] = [HFlip(0.5)] if hflip else [DropFlipView()]
-    steps += [LargeScaleJitter(image_size, min_scale, max_scale, feature_stride), MatchResolution(feature_stride)]
+    steps += [LargeScaleJitter(canvas, min_scale, max_scale, feature_stride), MatchResolution(feature_stride)]
     return Compose(steps)
 
 
-def build_test_transforms(test_size: int, feature_stride: int) -> Compose:
-    """Short side to `test_size`, maps at their final resolutions (collate pads the batch); no mirrored view."""
-    return Compose([DropFlipView(), ResizeShortSide(test_size, feature_stride), MatchResolution(feature_stride)])
+def build_test_transforms(test_size: int, feature_stride: int, max_size: int = 0) -> Compose:
+    """Short side to `test_size` (long side at most `max_size` if > 0), maps at their final
+    resolutions (collate pads the batch); no mirrored view."""
+    resize = ResizeShortSide(test_size, feature_stride, max_size)
+    return Compose([DropFlipView(), resize, MatchResolution(feature_stride)])

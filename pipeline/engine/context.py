@@ -58,6 +58,11 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def process_seed(seed: int, rank: int) -> int:
+    """The global-RNG seed of process `rank` after model construction (distinct per process)."""
+    return (seed + 1_000_003 * rank) % (2**31)
+
+
 def build_context(cfg: Config) -> RunContext:
     from pipeline.data.collate import collate
     from pipeline.data.dataset import build_val_dataset
@@ -75,6 +80,11 @@ def build_context(cfg: Config) -> RunContext:
     provider = build_provider(cfg, reader, device)
     model = build_model(cfg.model, cfg.data.num_classes, provider.channels).to(device)
     criterion = build_criterion(cfg.model, cfg.data.num_classes).to(device)
+    if dist.rank:
+        # every process built the same initial model (above); from here on the global RNG draws what
+        # must differ between processes (strong augmentations, sampled points). Rank 0 keeps the
+        # single-process stream, so a one-process run is unchanged
+        seed_everything(process_seed(cfg.train.seed, dist.rank))
     optimizer = build_optimizer(model, cfg.train)
     scheduler = build_scheduler(optimizer, cfg.train)
     val_ds = build_val_dataset(cfg, reader)

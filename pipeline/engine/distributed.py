@@ -67,6 +67,15 @@ def all_reduce_sum(values: dict[str, float], device: torch.device) -> dict[str, 
     return dict(zip(keys, t.tolist(), strict=True))
 
 
+def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
+    """Give every process rank `src`'s buffers (e.g. live BatchNorm statistics, which DDP only
+    broadcasts at the start of each forward), so copies taken from them (the EMA teacher) agree."""
+    if not dist.is_initialized():
+        return
+    for buf in module.buffers():
+        dist.broadcast(buf.data, src)
+
+
 def all_gather_objects(obj: object) -> list[object]:
     """Gather picklable objects (e.g. per-process predictions) on every process."""
     if not dist.is_initialized():

@@ -86,7 +86,7 @@ def predict_images(cfg: Config, checkpoint: str | Path, inputs: list[Path], out_
     model = build_model(cfg.model, cfg.data.num_classes, channels)
     load_model_state(model, ckpt[key], f"{checkpoint} [{key}]")
     model.to(device).eval()
-    transforms = build_test_transforms(cfg.data.test_size, cfg.data.feature_stride)
+    transforms = build_test_transforms(cfg.data.test_size, cfg.data.feature_stride, cfg.data.test_max_size)
     names = _class_names(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
     written, records = [], []

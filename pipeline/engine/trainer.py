@@ -19,10 +19,12 @@ from pipeline.engine.checkpoint import (
     last_checkpoint,
     load_checkpoint,
     load_model_state,
+    rng_state,
     save_checkpoint,
     set_rng_state,
 )
 from pipeline.engine.context import RunContext, build_context, check_finite, train_loader
+from pipeline.engine.distributed import all_gather_objects
 from pipeline.engine.inference import evaluate_model
 from pipeline.engine.optim import base_lr
 
@@ -90,9 +92,41 @@ def restore(ctx: RunContext, extra_models: dict[str, nn.Module] | None = None) -
         load_model_state(module, ckpt[name], f"{path} [{name}]")
     ctx.optimizer.load_state_dict(ckpt["optimizer"])
     ctx.scheduler.load_state_dict(ckpt["scheduler"])
-    set_rng_state(ckpt["rng"])
+    set_rng_state(process_rng(ckpt, ctx.dist.rank, ctx.dist.world_size))
     ctx.log.truncate_after(ckpt["iteration"])
     return int(ckpt["iteration"]), ckpt
+
+
+def process_rng(ckpt: dict, rank: int, world_size: int) -> dict:
+    """This process's RNG state from a checkpoint: its own when the checkpoint holds one per process
+    (resume is then exact under torchrun), else the one state saved (single-process checkpoints)."""
+    per_rank = ckpt.get("rng_per_rank")
+    if per_rank and len(per_rank) == world_size:
+        return per_rank[rank]
+    if world_size > 1:
+        import warnings
+
+        saved = len(per_rank) if per_rank else 1
+        warnings.warn(f"resuming {world_size} processes from a checkpoint of {saved}: the RNG streams "
+                      "of processes other than rank 0 are derived afresh, so their augmentations will not repeat",
+                      stacklevel=2)
+        return ckpt["rng"] if rank == 0 else _offset_rng(ckpt["rng"], rank)
+    return ckpt["rng"]
+
+
+def _offset_rng(state: dict, rank: int) -> dict:
+    """A distinct, reproducible RNG state for `rank` derived from a saved one (no per-rank state saved)."""
+    g = torch.Generator()
+    g.set_state(state["torch"])
+    g.manual_seed(int(torch.randint(0, 2**31, (), generator=g)) + rank)
+    return {**state, "torch": g.get_state()}
+
+
+def save_run_checkpoint(ctx: RunContext, step: int, **extra) -> None:
+    """Every process calls this: rank 0 writes the checkpoint with each process's RNG state."""
+    rngs = all_gather_objects(rng_state())
+    if ctx.dist.is_main:
+        save_checkpoint(ctx.out_dir, step, checkpoint_state(ctx, rng_per_rank=rngs, **extra))
 
 
 def checkpoint_state(ctx: RunContext, **extra) -> dict:
@@ -146,8 +180,8 @@ def train_supervised(cfg: Config, resume: bool = False) -> dict:
             bar.set_postfix(loss=f"{terms['loss']:.3f}")
             ctx.log.write({"iter": step, **terms, "lr": lr,
                            "time": time.perf_counter() - t0, "data_time": clock.waited})
-        if ctx.dist.is_main and due(step, cfg.train.checkpoint_period, cfg.train.max_iter):
-            save_checkpoint(ctx.out_dir, step, checkpoint_state(ctx))
+        if due(step, cfg.train.checkpoint_period, cfg.train.max_iter):
+            save_run_checkpoint(ctx, step)
         if due(step, cfg.train.eval_period, cfg.train.max_iter):
             metrics = periodic_eval(ctx, ctx.model, step)
     return metrics

@@ -15,6 +15,7 @@ initial statistics (mean 0, variance 1) it would be an identity, leaving a deep 
 from __future__ import annotations
 
 import difflib
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -63,6 +64,22 @@ def _source_key(key: str, state: dict[str, Tensor]) -> Optional[str]:
     return None
 
 
+RANDOM_INIT_WARN_PARAMS = 15_000_000  # resnet18 (11M) is the demo's random-init backbone; resnet50 has 24M
+
+
+def warn_random_init(name: str, body: nn.Module) -> None:
+    """A paper-size backbone without weights is almost always a mistake: Mask2Former and Guided
+    Distillation start from ImageNet weights, and random init costs many AP points at paper scale."""
+    n = sum(p.numel() for p in body.parameters())
+    if n >= RANDOM_INIT_WARN_PARAMS:
+        warnings.warn(
+            f"backbone {name!r} ({n / 1e6:.0f}M parameters) starts from RANDOM weights because "
+            "model.backbone_weights is null; paper-scale recipes start from ImageNet weights. Point "
+            "model.backbone_weights at a local timm/torchvision checkpoint (README: 'Backbone weights')",
+            stacklevel=3,
+        )
+
+
 class Backbone(nn.Module):
     """timm feature extractor returning {"res2": (B, C2, H/4, W/4), ..., "res5": (B, C5, H/32, W/32)}.
 
@@ -98,6 +115,8 @@ class Backbone(nn.Module):
             raise ValueError(f"backbone norm must be 'auto', 'frozen' or 'batch', got {norm!r}")
         if weights is not None:
             self.load_weights(weights)
+        else:
+            warn_random_init(name, self.body)
         self.frozen_norm = norm == "frozen" or (norm == "auto" and weights is not None)
         if self.frozen_norm:
             self.body = freeze_batch_norm_2d(self.body)

@@ -23,18 +23,18 @@ from torch import nn
 from tqdm import tqdm
 
 from pipeline.config import Config, TrainConfig
-from pipeline.engine.checkpoint import load_checkpoint, load_model_state, save_checkpoint
+from pipeline.engine.checkpoint import load_checkpoint, load_model_state
 from pipeline.engine.context import RunContext, build_context, check_finite, train_loader
-from pipeline.engine.distributed import all_reduce_sum
+from pipeline.engine.distributed import all_reduce_sum, broadcast_buffers
 from pipeline.engine.optim import base_lr, build_optimizer, build_scheduler, stage_schedule
 from pipeline.engine.trainer import (
     LoaderClock,
-    checkpoint_state,
     due,
     main_loss_terms,
     optimizer_step,
     periodic_eval,
     restore,
+    save_run_checkpoint,
     wrap_ddp,
 )
 from pipeline.semi.depth_controller import build_controller, finish_measurements, measure_step, reduce_measurements
@@ -114,6 +114,7 @@ def stage_schedules(cfg: Config) -> dict[str, TrainConfig]:
 def _stage_b_reset(ctx: RunContext, teacher: nn.Module, start_b: int) -> None:
     """Teacher := the trained stage-A model (frozen); fresh student, optimiser and schedule."""
     cfg = ctx.cfg
+    broadcast_buffers(ctx.model)  # every process's teacher is the same model
     teacher.load_state_dict(ctx.model.state_dict())
     if cfg.semi.student_init == "scratch":
         from pipeline.model.build import build_model
@@ -201,6 +202,8 @@ def train_semi(cfg: Config, resume: bool = False) -> dict:
         optimizer_step(ctx, sum(losses.values()), model.parameters())
         if in_b:
             b_step = it + 1 - start_b
+            if b_step >= semi.burn_in_iter:
+                broadcast_buffers(ctx.model)  # live BN statistics differ by process; the teachers must not
             if b_step == semi.burn_in_iter:
                 copy_student_to_teacher(teacher, ctx.model)
             elif b_step > semi.burn_in_iter:
@@ -212,9 +215,9 @@ def train_semi(cfg: Config, resume: bool = False) -> dict:
             ctx.log.write({"iter": step, "stage": "B" if in_b else "A", "loss": terms["loss"], **record,
                            "lr": lr, "time": time.perf_counter() - t0,
                            "data_time": clock.waited})
-        if ctx.dist.is_main and due(step, cfg.train.checkpoint_period, cfg.train.max_iter):
+        if due(step, cfg.train.checkpoint_period, cfg.train.max_iter):
             extra = {"teacher": teacher.state_dict(), "controller": controller.state_dict()} if in_b else {}
-            save_checkpoint(ctx.out_dir, step, checkpoint_state(ctx, **extra))
+            save_run_checkpoint(ctx, step, **extra)
         if due(step, cfg.train.eval_period, cfg.train.max_iter):
             # the teacher is the model that is kept and reported in stage B (as in GD)
             metrics = periodic_eval(ctx, teacher if in_b else ctx.model, step)

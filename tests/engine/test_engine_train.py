@@ -114,3 +114,67 @@ def test_teacher_checkpoint_of_another_architecture_is_refused(tiny_cache, tiny_
                       f"semi.teacher_checkpoint={teacher_run}/model_0000001.pth")
     with pytest.raises(CheckpointError, match=r"model_0000001\.pth.*(shape mismatch|missing).*query"):
         train(cfg)
+
+
+def _torchrun_train(config_path, out, resume=False) -> None:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "tests/engine/ddp_train_worker.py", str(config_path), str(out)] + (["--resume"] if resume else [])
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_two_processes_share_the_controller_weight_and_resume_exactly(tiny_cache, tiny_config, tmp_path):
+    """A 2-process gloo run (torchrun, CPU): the Depth Controller's w is the same on both ranks at every
+    step (its statistics are summed over processes), and a run killed after iteration 4 and resumed
+    ends with the weights of the uninterrupted run (each process resumes its own RNG stream)."""
+    from pipeline.config_io import save_config
+
+    over = ["train.max_iter=6", "semi.enabled=true", "semi.teacher_iters=2", "semi.burn_in_iter=1",
+            "semi.score_threshold=0.0", "semi.ema_decay=0.5"]
+    full_dir, resumed_dir = tmp_path / "full", tmp_path / "resumed"
+    for d in (full_dir, resumed_dir):
+        save_config(tiny_config(tiny_cache, d, *over), tmp_path / f"{d.name}.yaml")
+    _torchrun_train(tmp_path / "full.yaml", tmp_path / "full_w")
+    w0, w1 = (json.loads((tmp_path / f"full_w.rank{r}.json").read_text()) for r in (0, 1))
+    assert len(w0) == 4 and w0 == w1  # 4 stage-B steps, identical weights on both ranks
+
+    shutil.copytree(full_dir, resumed_dir)
+    rewind(resumed_dir, 4)
+    _torchrun_train(tmp_path / "resumed.yaml", tmp_path / "resumed_w", resume=True)
+    r0, r1 = (json.loads((tmp_path / f"resumed_w.rank{r}.json").read_text()) for r in (0, 1))
+    assert r0 == r1 == w0[-2:]  # steps 5 and 6 give the same w as the uninterrupted run
+    full, resumed = losses_by_iter(full_dir), losses_by_iter(resumed_dir)
+    for it in (5, 6):
+        assert resumed[it] == pytest.approx(full[it], rel=1e-5, abs=1e-6), it
+    a, b = load_checkpoint(full_dir / "model_0000006.pth"), load_checkpoint(resumed_dir / "model_0000006.pth")
+    assert len(a["rng_per_rank"]) == 2
+    assert not torch.equal(a["rng_per_rank"][0]["torch"], a["rng_per_rank"][1]["torch"])  # ranks draw apart
+    for key in ("model", "teacher"):
+        for name, t in a[key].items():
+            assert torch.allclose(t.float(), b[key][name].float(), atol=1e-6), (key, name)
+    assert a["controller"] == pytest.approx(b["controller"])
+
+
+def test_evaluate_records_which_weights_teacher_student_or_both(tiny_cache, tiny_config, tmp_path):
+    from pipeline.engine.evaluate import evaluate_checkpoint
+
+    run = tmp_path / "run"
+    cfg = tiny_config(tiny_cache, run, "train.max_iter=2", "semi.enabled=true", "semi.teacher_iters=1",
+                      "semi.burn_in_iter=5", "semi.score_threshold=0.0")
+    train(cfg)
+    both = evaluate_checkpoint(cfg, run, tmp_path / "both", which="both")
+    saved = json.loads((tmp_path / "both/metrics.json").read_text())
+    assert saved["weights"] == "teacher" and saved["student"]["weights"] == "student"
+    assert saved["AP"] == both["AP"] and "AP" in saved["student"]
+    assert (tmp_path / "both/results_student.json").is_file() and (tmp_path / "both/results.json").is_file()
+    student = evaluate_checkpoint(cfg, run, tmp_path / "student", which="student")
+    assert student["weights"] == "student" and student["AP"] == saved["student"]["AP"]
+    assert evaluate_checkpoint(cfg, run, tmp_path / "auto")["weights"] == "teacher"

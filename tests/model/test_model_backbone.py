@@ -109,3 +109,13 @@ def test_paper_configs_build_a_frozen_backbone():
     configs = Path(__file__).resolve().parents[2] / "configs"
     for name in ("coco_base.yaml", "cityscapes_base.yaml"):
         assert load_config(configs / name).model.backbone_norm == "frozen", name
+
+
+def test_paper_size_backbone_without_weights_warns_loudly():
+    with pytest.warns(UserWarning, match="RANDOM weights.*backbone_weights"):
+        Backbone("resnet50")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Backbone("resnet18")  # the demo's small random-init backbone: no warning
