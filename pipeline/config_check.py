@@ -127,6 +127,8 @@ def check_consistency(cfg: Any, where: Where) -> None:
         raise ConfigError(f"the Depth Controller needs min_weight <= init_weight <= max_weight, got "
                           f"{kv('semi.controller.min_weight')}, {kv('semi.controller.init_weight')}, "
                           f"{kv('semi.controller.max_weight')}")
+    if cfg.train.steps and cfg.train.step_fractions:
+        raise ConfigError(f"give {kv('train.steps')} or {kv('train.step_fractions')}, not both")
     est = cfg.depth.estimator
     if est.name.startswith("depth-anything-v2") and est.input_size % 14:
         raise ConfigError(f"{kv('depth.estimator.input_size')} is not a multiple of 14, the patch size of "
@@ -174,6 +176,18 @@ def schedule_warnings(cfg: Any, where: Where) -> list[str]:
             if 0 < length <= t.warmup_iters:
                 out.append(f"{kv('train.warmup_iters')} is not shorter than {name} ({length} steps): the learning "
                            f"rate never reaches {kv('train.lr')}")
+    if t.schedule == "step":
+        start = 0
+        for name, length in stages.items():
+            if t.step_fractions:
+                inside = [f for f in t.step_fractions if round(f * length) < length]
+            else:
+                inside = [m for m in t.steps if start <= m < start + length]
+            if length > 0 and not inside:
+                out.append(f"{kv('train.schedule')} but no milestone of {kv('train.steps')} / "
+                           f"{kv('train.step_fractions')} falls inside {name} ({length} steps): its learning "
+                           "rate never decays (each stage has its own schedule)")
+            start += length
     for key in ("train.eval_period", "train.checkpoint_period"):
         period = getattr(t, key.split(".")[1])
         if period > t.max_iter:

@@ -129,3 +129,17 @@ def test_frozen_backbone_norms_are_left_out_of_the_optimiser():
     assert backbone and all(id(p) in in_groups for p in backbone)  # convs still train
     names = [n for n, _ in model.backbone.named_parameters()]
     assert not any(".bn" in n or "bn1" in n for n in names), names[:5]
+
+
+def test_a_stage_without_a_milestone_is_warned_about_at_load_time():
+    import warnings
+
+    with pytest.warns(UserWarning, match="falls inside stage A"):
+        load_config(None, ["semi.enabled=true", "semi.teacher_iters=100", "train.max_iter=300",
+                           "train.schedule=step", "train.steps=[250]"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for path in sorted(CONFIGS.glob("*.yaml")):
+            load_config(path)  # no shipped config has a stage whose LR never decays
+    with pytest.raises(Exception, match="not both"):
+        load_config(None, ["train.schedule=step", "train.steps=[5]", "train.step_fractions=[0.5]"])
