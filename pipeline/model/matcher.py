@@ -5,6 +5,11 @@ The cost of pairing query q with target t is
 with both mask terms computed on the same `num_points` random points for every pair (predictions
 at stride 4 and targets at full resolution are read at the same normalised coordinates). The
 assignment minimising the summed cost is found by scipy's `linear_sum_assignment`.
+
+`forward` computes the costs of the whole batch in one pass on the outputs' device (targets padded
+to the largest count, batched matrix products) and moves them to the host once; only the assignment
+solve runs per image, on the CPU. `cost_matrix` is the same cost for one image (the reference the
+batched cost is tested against, to float rounding).
 """
 
 from __future__ import annotations
@@ -84,6 +89,56 @@ class HungarianMatcher(nn.Module):
         return cost.cpu()
 
     @torch.no_grad()
+    def batch_costs(self, logits: Tensor, masks: Tensor, targets: list[dict],
+                    points: Optional[Tensor] = None) -> list[Tensor]:
+        """`cost_matrix` of every image of a batch at once; one device-to-host copy.
+
+        Args:
+            logits: (B, Q, K+1) class logits.
+            masks: (B, Q, h, w) mask logits at `mask_stride`.
+            targets: per image {"labels": (N_b,) int64, "masks": (N_b, H_b, W_b)}.
+            points: (B, P, 2) (x, y) in [0, 1], image b's points; drawn uniformly at random when None.
+
+        Returns:
+            per image (Q, N_b) float32 costs, on the CPU.
+        """
+        logits, masks = logits.float(), masks.float()
+        B, Q = logits.shape[:2]
+        counts = [len(t["labels"]) for t in targets]
+        n_max = max(counts, default=0)
+        if n_max == 0:
+            return [torch.zeros(Q, 0) for _ in counts]
+        dev = masks.device
+        if points is None:
+            points = torch.rand(B, self.num_points, 2, device=dev)
+        points = points.to(device=dev, dtype=masks.dtype)
+        # class term: -p(label) for every (query, target) pair; padded targets read class 0 and are cut off
+        labels = torch.zeros(B, n_max, dtype=torch.int64, device=dev)
+        tgt_points = torch.zeros(B, n_max, points.shape[1], dtype=masks.dtype, device=dev)
+        owner = [b for b, n in enumerate(counts) for _ in range(n)]
+        tgt = torch.cat([pad_targets(t["masks"].to(dev, masks.dtype), masks.shape[-2:], self.mask_stride)
+                         for t, n in zip(targets, counts, strict=True) if n])  # fmt: skip
+        owner_t = torch.tensor(owner, device=dev)
+        slot = torch.tensor([j for n in counts for j in range(n)], device=dev)
+        sampled = point_sample(tgt[:, None], points[owner_t])[:, 0]  # (sum N, P)
+        tgt_points[owner_t, slot] = sampled
+        labels[owner_t, slot] = torch.cat([t["labels"].to(dev) for t, n in zip(targets, counts, strict=True) if n])
+        prob = logits.softmax(-1)
+        cost_class = -prob.gather(2, labels[:, None, :].expand(B, Q, n_max))
+        pred_points = point_sample(masks, points)  # (B, Q, P): the Q maps of image b read at b's points
+        num_p = pred_points.shape[-1]
+        pos = nn.functional.binary_cross_entropy_with_logits(pred_points, torch.ones_like(pred_points), reduction="none")
+        neg = nn.functional.binary_cross_entropy_with_logits(pred_points, torch.zeros_like(pred_points), reduction="none")
+        t_tr = tgt_points.transpose(1, 2)  # (B, P, N_max)
+        cost_mask = (pos @ t_tr + neg @ (1 - t_tr)) / num_p
+        prob_m = pred_points.sigmoid()
+        numerator = 2 * prob_m @ t_tr
+        denominator = prob_m.sum(-1)[:, :, None] + tgt_points.sum(-1)[:, None, :]
+        cost_dice = 1 - (numerator + 1) / (denominator + 1)
+        cost = (self.cost_class * cost_class + self.cost_mask * cost_mask + self.cost_dice * cost_dice).cpu()
+        return [cost[b, :, :n] for b, n in enumerate(counts)]
+
+    @torch.no_grad()
     def forward(self, outputs: dict, targets: list[dict]) -> list[tuple[Tensor, Tensor]]:
         """
         Args:
@@ -93,14 +148,15 @@ class HungarianMatcher(nn.Module):
         Returns:
             per image (query indices (M,), target indices (M,)) int64 with M = min(Q, N), sorted by query.
         """
+        if len(targets) != outputs["pred_logits"].shape[0]:
+            raise ValueError(f"{len(targets)} target sets for a batch of {outputs['pred_logits'].shape[0]}")
         indices = []
-        for b, target in enumerate(targets):
-            labels = target["labels"]
-            if labels.numel() == 0:
+        costs = self.batch_costs(outputs["pred_logits"], outputs["pred_masks"], targets)
+        for cost in costs:
+            if cost.shape[1] == 0:
                 empty = torch.zeros(0, dtype=torch.int64)
                 indices.append((empty, empty.clone()))
                 continue
-            cost = self.cost_matrix(outputs["pred_logits"][b], outputs["pred_masks"][b], labels, target["masks"])
             if not torch.isfinite(cost).all():
                 raise FloatingPointError("matching cost is not finite (NaN/inf in the predictions)")
             rows, cols = linear_sum_assignment(cost.numpy())

@@ -14,6 +14,10 @@ controller towards that very set) than about agreement, so it is skipped; when n
 non-empty sets the result is None, which the controller treats as "no measurement this step".
 `class_aware=False` matches masks whatever their labels: at 80 classes the depth view (no colour
 or texture) often gets the class wrong while finding the right instance.
+
+`batch_count_matches` computes every image's IoU matrix on the device and copies them to the host
+in one transfer; the assignment solve per image stays on the CPU. `count_matches` is the same count
+for one pair of sets (the reference the batched count is tested against).
 """
 
 from __future__ import annotations
@@ -40,15 +44,48 @@ def count_matches(
     ok = iou > iou_threshold
     if class_aware:
         ok &= a["labels"][:, None] == b["labels"][None, :].to(a["labels"].device)
-    ok_np = ok.cpu().numpy()
-    if not ok_np.any():
+    return _solve(ok.cpu().numpy(), iou.cpu().numpy())
+
+
+def _solve(ok: np.ndarray, iou: np.ndarray) -> int:
+    """Largest one-to-one matching among the admissible pairs `ok`, most summed IoU among those."""
+    if not ok.any():
         return 0
     # a weight of (big + IoU) per admissible pair: any matching with more pairs outweighs one
     # with fewer, whatever their IoUs (big > the largest possible number of pairs)
-    big = min(na, nb) + 1.0
-    gain = np.where(ok_np, big + iou.cpu().numpy(), 0.0)
+    big = min(ok.shape) + 1.0
+    gain = np.where(ok, big + iou, 0.0)
     rows, cols = linear_sum_assignment(gain, maximize=True)
-    return int(ok_np[rows, cols].sum())
+    return int(ok[rows, cols].sum())
+
+
+def batch_count_matches(
+    a_sets: Sequence[dict[str, Tensor]], b_sets: Sequence[dict[str, Tensor]], *,
+    iou_threshold: float = 0.5, class_aware: bool = True,
+) -> list[int]:  # fmt: skip
+    """`count_matches` of every image pair of a batch; the IoUs cross to the host in one copy."""
+    blocks, shapes = [], []
+    for a, b in zip(a_sets, b_sets, strict=True):
+        na, nb = len(a["labels"]), len(b["labels"])
+        shapes.append((na, nb))
+        if na == 0 or nb == 0:
+            continue
+        iou = mask_iou(a["masks"].to(torch.bool), b["masks"].to(device=a["masks"].device, dtype=torch.bool))
+        ok = iou > iou_threshold
+        if class_aware:
+            ok &= a["labels"][:, None] == b["labels"][None, :].to(a["labels"].device)
+        # admissible pairs carry their IoU, the others -1: one float tensor holds both
+        blocks.append(torch.where(ok, iou, torch.full_like(iou, -1.0)).flatten())
+    flat = torch.cat([x.to(blocks[0].device) for x in blocks]).cpu().numpy() if blocks else np.zeros(0)
+    counts, pos = [], 0
+    for na, nb in shapes:
+        if na == 0 or nb == 0:
+            counts.append(0)
+            continue
+        block = flat[pos : pos + na * nb].reshape(na, nb)
+        pos += na * nb
+        counts.append(_solve(block >= 0, np.maximum(block, 0.0)))
+    return counts
 
 
 def agreement_counts(
@@ -62,12 +99,13 @@ def agreement_counts(
     processes can add theirs before the ratio is taken."""
     if len(rgb_sets) != len(depth_sets):
         raise ValueError(f"agreement needs one depth set per RGB set, got {len(rgb_sets)} and {len(depth_sets)}")
+    counts = batch_count_matches(rgb_sets, depth_sets, iou_threshold=iou_threshold, class_aware=class_aware)
     matches = total = 0
-    for r, d in zip(rgb_sets, depth_sets, strict=True):
+    for r, d, m in zip(rgb_sets, depth_sets, counts, strict=True):
         if len(r["labels"]) == 0 or len(d["labels"]) == 0:
             continue
         total += len(r["labels"]) + len(d["labels"])
-        matches += count_matches(r, d, iou_threshold=iou_threshold, class_aware=class_aware)
+        matches += m
     return matches, total
 
 

@@ -68,45 +68,83 @@ def make_pseudo_labels(
         raise ValueError(f"valid must be (B, H, W) = {(logits.shape[0], H, W)}, got {tuple(valid.shape)}")
 
     num_classes = logits.shape[-1] - 1
+    B = logits.shape[0]
     prob = logits.detach().float().softmax(-1)
     not_void = prob.argmax(-1) != num_classes  # (B, Q)
     scores, labels = prob[..., :num_classes].max(-1)  # (B, Q)
     keep = not_void & (scores > score_threshold)
 
-    results = []
-    for b in range(logits.shape[0]):
-        idx = keep[b].nonzero().squeeze(1)
-        masks = _binary_masks(mask_logits[b, idx], (H, W), mask_threshold)
-        if valid is not None:
-            masks &= valid[b].to(torch.bool)
-        big = masks.flatten(1).sum(1) >= min_mask_area
-        idx, masks = idx[big], masks[big]
-        s = scores[b, idx]
-        order = s.argsort(descending=True)
-        idx, masks, s = idx[order], masks[order], s[order]
-        if dedup_iou is not None and len(idx) > 1:
-            kept = _dedup(masks, dedup_iou)
-            idx, masks, s = idx[kept], masks[kept], s[kept]
-        results.append({"labels": labels[b, idx].to(torch.int64), "masks": masks, "scores": s.to(torch.float32)})
+    # the whole batch at once: the kept (image, query) pairs of every image in one set of kernels,
+    # so the host waits on the device a fixed number of times per batch, not per image
+    owner, query = keep.nonzero(as_tuple=True)
+    masks = _binary_masks(mask_logits[owner, query], (H, W), mask_threshold)
+    if valid is not None:
+        masks &= valid.to(device=masks.device, dtype=torch.bool)[owner]
+    big = masks.flatten(1).sum(1) >= min_mask_area
+    owner, query, masks = owner[big], query[big], masks[big]
+    s = scores[owner, query]
+    # by image, and within an image by decreasing score (stable sorts: ties keep query order)
+    order = s.argsort(descending=True, stable=True)
+    order = order[owner[order].argsort(stable=True)]
+    owner, query, masks, s = owner[order], query[order], masks[order], s[order]
+    counts = torch.bincount(owner, minlength=B).tolist()
+    if dedup_iou is not None and max(counts, default=0) > 1:
+        kept = _dedup_per_image(masks, counts, dedup_iou)
+        owner, query, masks, s = owner[kept], query[kept], masks[kept], s[kept]
+        counts = torch.bincount(owner, minlength=B).tolist()
+    lab = labels[owner, query].to(torch.int64)
+    s = s.to(torch.float32)
+    results, start = [], 0
+    for n in counts:
+        end = start + n
+        results.append({"labels": lab[start:end], "masks": masks[start:end], "scores": s[start:end]})
+        start = end
     return results
+
+
+# interpolate at most this many float elements per call: the kept masks of a whole batch at 512 px
+# could otherwise need gigabytes at once
+_CHUNK_ELEMENTS = 1 << 26
 
 
 def _binary_masks(mask_logits: Tensor, size: tuple[int, int], threshold: float) -> Tensor:
     """(N, h, w) logits -> (N, H, W) bool, upsampled bilinearly before the sigmoid threshold."""
     if mask_logits.shape[0] == 0:
         return torch.zeros((0, *size), dtype=torch.bool, device=mask_logits.device)
-    up = F.interpolate(mask_logits.detach().float()[None], size=size, mode="bilinear", align_corners=False)[0]
     # sigmoid(x) > t  <=>  x > logit(t): skips a sigmoid over (N, H, W)
-    return up > math.log(threshold / (1.0 - threshold))
+    cut = math.log(threshold / (1.0 - threshold))
+    step = max(1, _CHUNK_ELEMENTS // (size[0] * size[1]))
+    parts = [F.interpolate(mask_logits[i : i + step].detach().float()[None], size=size, mode="bilinear",
+                           align_corners=False)[0] > cut
+             for i in range(0, mask_logits.shape[0], step)]  # fmt: skip
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 def _dedup(masks: Tensor, iou_threshold: float) -> Tensor:
     """Indices of masks kept by greedy mask-IoU suppression; `masks` (N, H, W) sorted by score."""
-    iou = mask_iou(masks, masks).cpu().tolist()
+    return _dedup_per_image(masks, [masks.shape[0]], iou_threshold)
+
+
+def _dedup_per_image(masks: Tensor, counts: list[int], iou_threshold: float) -> Tensor:
+    """Greedy mask-IoU suppression within each image's block of `masks` (blocks of `counts`, each
+    sorted by score); indices into `masks` of the kept ones. The IoU blocks are computed on the
+    device and copied to the host in one transfer; the greedy pass over them is plain Python."""
+    blocks, start = [], 0
+    for n in counts:
+        if n > 1:
+            blocks.append(mask_iou(masks[start : start + n], masks[start : start + n]).flatten())
+        start += n
+    flat = torch.cat(blocks).cpu().tolist() if blocks else []
     kept: list[int] = []
-    for i in range(masks.shape[0]):
-        if all(iou[i][j] <= iou_threshold for j in kept):
-            kept.append(i)
+    start, pos = 0, 0
+    for n in counts:
+        mine: list[int] = []
+        for i in range(n):
+            if all(flat[pos + i * n + j] <= iou_threshold for j in mine):
+                mine.append(i)
+        kept.extend(start + i for i in mine)
+        pos += n * n if n > 1 else 0
+        start += n
     return torch.tensor(kept, dtype=torch.long, device=masks.device)
 
 

@@ -79,3 +79,64 @@ def test_images_without_targets_match_nothing():
     one = {"labels": torch.tensor([1]), "masks": torch.ones(1, 32, 32, dtype=torch.bool)}
     res = HungarianMatcher(num_points=16)(outputs, [empty, one])
     assert len(res[0][0]) == 0 and len(res[1][0]) == 1
+
+
+class PerImageMatcher(HungarianMatcher):
+    """The matcher as it was: one `cost_matrix` per image (the reference for the batched costs)."""
+
+    @torch.no_grad()
+    def forward(self, outputs, targets):
+        from scipy.optimize import linear_sum_assignment
+
+        points = torch.rand(len(targets), self.num_points, 2)  # the batched matcher's draw
+        out = []
+        for b, t in enumerate(targets):
+            if len(t["labels"]) == 0:
+                out.append((torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.int64)))
+                continue
+            cost = self.cost_matrix(outputs["pred_logits"][b], outputs["pred_masks"][b], t["labels"], t["masks"],
+                                    points=points[b])
+            r, c = linear_sum_assignment(cost.numpy())
+            out.append((torch.as_tensor(r, dtype=torch.int64), torch.as_tensor(c, dtype=torch.int64)))
+        return out
+
+
+def _batch(g, b=4, q=6, k=3, h=6, w=8, counts=(3, 0, 5, 1)):
+    logits = torch.randn(b, q, k + 1, generator=g)
+    masks = torch.randn(b, q, h, w, generator=g) * 3
+    # targets smaller than the predictions' extent (padded by the matcher) and of different sizes per image
+    targets = [{"labels": torch.randint(0, k, (n,), generator=g),
+                "masks": torch.rand(n, 4 * h - (i % 2) * 3, 4 * w - 2, generator=g) > 0.6}
+               for i, n in enumerate(counts)]
+    return logits, masks, targets
+
+
+def test_batched_costs_equal_the_per_image_costs():
+    g = torch.Generator().manual_seed(3)
+    logits, masks, targets = _batch(g)
+    matcher = HungarianMatcher(cost_class=2.0, cost_mask=5.0, cost_dice=3.0, num_points=40)
+    points = torch.rand(4, 40, 2, generator=g)
+    costs = matcher.batch_costs(logits, masks, targets, points=points)
+    for b, t in enumerate(targets):
+        assert costs[b].shape == (6, len(t["labels"]))
+        if len(t["labels"]):
+            want = matcher.cost_matrix(logits[b], masks[b], t["labels"], t["masks"], points=points[b])
+            torch.testing.assert_close(costs[b], want, rtol=1e-6, atol=1e-6)
+
+
+def test_losses_from_batched_and_per_image_matching_are_equal():
+    from pipeline.model.criterion import SetCriterion
+
+    g = torch.Generator().manual_seed(5)
+    logits, masks, targets = _batch(g, counts=(2, 4, 0, 6))
+    aux = [{"pred_logits": logits.roll(1, 1), "pred_masks": masks.roll(1, 1)}]
+    outputs = {"pred_logits": logits, "pred_masks": masks, "aux_outputs": aux}
+    weights = {"loss_ce": 2.0, "loss_mask": 5.0, "loss_dice": 5.0}
+    losses = {}
+    for name, cls in [("batched", HungarianMatcher), ("per_image", PerImageMatcher)]:
+        crit = SetCriterion(3, cls(2.0, 5.0, 5.0, num_points=64), weights, num_points=64)
+        torch.manual_seed(11)  # the same matcher points and loss points in both runs
+        losses[name] = crit(outputs, targets)
+    assert losses["batched"].keys() == losses["per_image"].keys()
+    for k, v in losses["batched"].items():
+        assert v.item() == pytest.approx(losses["per_image"][k].item(), rel=1e-6)

@@ -67,3 +67,20 @@ def test_matching_is_one_to_one_and_maximal():
 def test_mismatched_batch_is_an_error():
     with pytest.raises(ValueError, match="one depth set per RGB set"):
         pseudo_label_agreement([_empty()], [])
+
+
+def test_batched_counts_equal_the_per_image_counts():
+    from pipeline.semi.agreement import batch_count_matches
+
+    g = torch.Generator().manual_seed(2)
+    rgb, depth = [], []
+    for i in range(6):
+        for sets in (rgb, depth):
+            n = int(torch.randint(0, 5, (1,), generator=g)) if i != 2 else 0
+            starts = torch.randint(0, 80, (n,), generator=g).tolist()
+            lens = torch.randint(5, 20, (n,), generator=g).tolist()
+            sets.append(_set([(a, a + d) for a, d in zip(starts, lens)], torch.randint(0, 2, (n,), generator=g).tolist()))
+    for aware in (True, False):
+        got = batch_count_matches(rgb, depth, iou_threshold=0.3, class_aware=aware)
+        want = [count_matches(r, d, iou_threshold=0.3, class_aware=aware) for r, d in zip(rgb, depth)]
+        assert got == want and sum(want) > 0

@@ -156,3 +156,58 @@ def test_labeler_from_config():
     assert labeler.score_threshold == 0.5 and labeler.min_mask_area == 3 and labeler.dedup_iou is None
     (res,) = labeler(_outputs([((0.1, 0.6, 0.3), GOOD_MASK)]), (H, W))
     assert res["labels"].tolist() == [1]
+
+
+def _per_image_reference(outputs, image_size, valid, score_threshold, mask_threshold, min_mask_area, dedup_iou):
+    """The per-image filtering as it was before the batch was vectorised (the reference)."""
+    import torch.nn.functional as F
+
+    logits, mask_logits = outputs["pred_logits"], outputs["pred_masks"]
+    k = logits.shape[-1] - 1
+    prob = logits.float().softmax(-1)
+    scores, labels = prob[..., :k].max(-1)
+    keep = (prob.argmax(-1) != k) & (scores > score_threshold)
+    out = []
+    for b in range(logits.shape[0]):
+        idx = keep[b].nonzero().squeeze(1)
+        up = (F.interpolate(mask_logits[b, idx].float()[None], size=image_size, mode="bilinear",
+                            align_corners=False)[0] if len(idx) else torch.zeros(0, *image_size))
+        masks = up > math.log(mask_threshold / (1.0 - mask_threshold))
+        if valid is not None:
+            masks &= valid[b]
+        big = masks.flatten(1).sum(1) >= min_mask_area
+        idx, masks = idx[big], masks[big]
+        s = scores[b, idx]
+        order = s.argsort(descending=True, stable=True)
+        idx, masks, s = idx[order], masks[order], s[order]
+        if dedup_iou is not None and len(idx) > 1:
+            iou = mask_iou(masks, masks)
+            kept = []
+            for i in range(len(idx)):
+                if all(iou[i, j] <= dedup_iou for j in kept):
+                    kept.append(i)
+            idx, masks, s = idx[kept], masks[kept], s[kept]
+        out.append({"labels": labels[b, idx], "masks": masks, "scores": s})
+    return out
+
+
+@pytest.mark.parametrize("dedup", [0.5, None])
+def test_batched_filtering_equals_the_per_image_reference(dedup):
+    g = torch.Generator().manual_seed(7)
+    b, q, k, size = 5, 12, 3, (24, 20)
+    logits = torch.randn(b, q, k + 1, generator=g) * 3
+    logits[3] -= 50.0  # an image where nothing passes
+    logits[3, :, -1] += 100.0
+    low = torch.randn(b, q, 6, 5, generator=g) * 4
+    low[:, 1] = low[:, 0] + 0.01  # near-duplicates of query 0 in every image
+    valid = torch.ones(b, *size, dtype=torch.bool)
+    valid[1, :, 12:] = False
+    kw = dict(score_threshold=0.4, mask_threshold=0.5, min_mask_area=6, dedup_iou=dedup)
+    outputs = {"pred_logits": logits, "pred_masks": low}
+    got = make_pseudo_labels(outputs, size, valid, **kw)
+    want = _per_image_reference(outputs, size, valid, **kw)
+    assert sum(len(r["labels"]) for r in want) > 5 and len(want[3]["labels"]) == 0
+    for r, w in zip(got, want, strict=True):
+        assert r["labels"].tolist() == w["labels"].tolist()
+        assert torch.equal(r["masks"], w["masks"])
+        torch.testing.assert_close(r["scores"], w["scores"], rtol=0, atol=0)
