@@ -10,6 +10,15 @@ and `--weights`). Step time is the mean over the timed steps after `warmup` step
 own log; ratios are against `none`. The `data wait` column is the part of a step spent waiting
 for the DataLoader (`data_time` in the log): where it is large the loader, not the model, sets the
 pace, and more `--workers` (or a faster cache read) is the remedy, not a faster GPU.
+
+`--semi` times the teacher-student loop instead (`pipeline.semi.trainer.train_semi`, stage B, the
+full method: cached depth, RGB and depth pseudo-labels, Depth Controller) with `train.time_parts`
+on, and prints where a stage-B step's time goes: data wait, the labelled forward and loss, the
+teacher's two forwards, pseudo-label filtering, strong augmentation, the student's forward, the
+unlabelled losses, matching (inside the two loss parts), the agreement and controller, backward and
+optimiser step, EMA. On CUDA every part is bracketed by synchronisations (so a part is charged for
+its own kernels); that makes the timed steps somewhat slower than untimed ones. "host-side" sums
+the parts that are host work (pseudo-labels, augmentation, matching, controller).
 """
 
 from __future__ import annotations
@@ -28,20 +37,35 @@ def _per_step(run_dir: Path, warmup: int) -> tuple[float, float]:
     return (last["time"] - first["time"]) / n, (last["data_time"] - first["data_time"]) / n
 
 
-def run_bench(steps: int = 20, warmup: int = 3, image_size: int = 128, batch_size: int = 8,
-              estimator: str = "tiny", weights: str | None = None, input_size: int = 126,
-              device: str = "auto", work_dir: str | None = None, workers: int = 2) -> dict[str, float]:
-    from depth_cache.images import merge_records, records_from_json
-    from depth_cache.precompute import run_precompute
-    from pipeline.config_io import load_config
+# parts of a stage-B step, in the order they run; "matching" runs inside "labelled" and "unsup_loss"
+PARTS = ["depth", "labelled", "teacher", "pseudo_labels", "augment", "student_forward", "unsup_loss",
+         "controller", "backward_step", "ema"]
+HOST_PARTS = ["pseudo_labels", "augment", "matching", "controller"]
+
+
+def _parts_per_step(run_dir: Path, start: int) -> dict[str, float]:
+    """Seconds per step of every timed part (and `step`, `data`) over the logged steps after `start`."""
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    rows = {r["iter"]: r for r in (json.loads(s) for s in lines if s.strip()) if "time" in r}
+    first, last = rows[start], rows[max(rows)]
+    n = last["iter"] - start
+    out = {"step": (last["time"] - first["time"]) / n, "data": (last["data_time"] - first["data_time"]) / n}
+    for k, v in last.items():
+        if k.startswith("time/"):
+            out[k[5:]] = (v - first.get(k, 0.0)) / n
+    return out
+
+
+def _setup(root: Path, image_size: int, batch_size: int, estimator: str, weights: str | None, input_size: int,
+           device: str, workers: int, steps: int) -> list[str]:  # fmt: skip
+    """Generated data, splits and config overrides shared by both modes."""
     from pipeline.data.splits import make_splits
     from pipeline.data.synthetic import generate_dataset
-    from pipeline.engine.trainer import train_supervised
 
-    root = Path(work_dir or tempfile.mkdtemp(prefix="bench_step_"))
     if not (root / "annotations/train.json").is_file():
         generate_dataset(root, num_train=64, num_val=8, size=image_size, seed=0)
-        make_splits(root / "annotations/train.json", root / "splits", percents=[100.0], seeds=[0],
+    if not (root / "splits/train_25pct_seed0_unlabeled.json").is_file():
+        make_splits(root / "annotations/train.json", root / "splits", percents=[100.0, 25.0], seeds=[0],
                     unlabeled_includes_labeled=False)
     base = [
         f"data.image_dir={root}/images/train", f"data.train_json={root}/splits/train_100pct_seed0_labeled.json",
@@ -51,15 +75,35 @@ def run_bench(steps: int = 20, warmup: int = 3, image_size: int = 128, batch_siz
         f"depth.estimator.name={estimator}", f"depth.estimator.input_size={input_size}",
         f"depth.estimator.device={device}", f"depth.cache.root={root}/caches", "depth.cache.levels=[path_4, path_3]",
         "model.depth_fusion.sources={res2: path_3, res3: path_3, res4: path_4, res5: path_4}",
-        f"train.batch_size={batch_size}", f"train.max_iter={warmup + steps}", "train.log_period=1",
+        f"train.batch_size={batch_size}", f"train.max_iter={steps}", "train.log_period=1",
         "train.eval_period=0", f"train.checkpoint_period={10**9}", f"train.device={device}",
     ]
     if weights:
         base.append(f"depth.estimator.weights={weights}")
+    return base
+
+
+def _precompute(base: list[str], extra_lists: list[str] = ()) -> None:
+    from depth_cache.images import merge_records, records_from_json
+    from depth_cache.precompute import run_precompute
+    from pipeline.config_io import load_config
+
     cfg = load_config(None, base)
-    records = merge_records([records_from_json(Path(cfg.data.train_json), Path(cfg.data.image_dir)),
-                             records_from_json(Path(cfg.data.val_json), Path(cfg.data.val_image_dir))])
-    run_precompute(records, cfg.depth.estimator, cfg.depth.cache, progress=False)
+    groups = [records_from_json(Path(cfg.data.train_json), Path(cfg.data.image_dir)),
+              records_from_json(Path(cfg.data.val_json), Path(cfg.data.val_image_dir))]
+    groups += [records_from_json(Path(p), Path(cfg.data.image_dir)) for p in extra_lists]
+    run_precompute(merge_records(groups), cfg.depth.estimator, cfg.depth.cache, progress=False)
+
+
+def run_bench(steps: int = 20, warmup: int = 3, image_size: int = 128, batch_size: int = 8,
+              estimator: str = "tiny", weights: str | None = None, input_size: int = 126,
+              device: str = "auto", work_dir: str | None = None, workers: int = 2) -> dict[str, float]:
+    from pipeline.config_io import load_config
+    from pipeline.engine.trainer import train_supervised
+
+    root = Path(work_dir or tempfile.mkdtemp(prefix="bench_step_"))
+    base = _setup(root, image_size, batch_size, estimator, weights, input_size, device, workers, warmup + steps)
+    _precompute(base)
     modes = {
         "none": ["depth.mode=none", "model.depth_fusion.enabled=false"],
         "cache": ["depth.mode=cache"],
@@ -79,3 +123,51 @@ def run_bench(steps: int = 20, warmup: int = 3, image_size: int = 128, batch_siz
     for mode, t in times.items():
         print(f"{mode:<8}{t:>10.3f}{t / times['none']:>10.3f}{waits[mode]:>11.3f}")
     return times
+
+
+def run_semi_bench(steps: int = 10, warmup: int = 3, image_size: int = 128, batch_size: int = 8,
+                   estimator: str = "tiny", weights: str | None = None, input_size: int = 126,
+                   device: str = "auto", work_dir: str | None = None, workers: int = 2) -> dict[str, float]:
+    """Stage-B step breakdown of the teacher-student loop (labelled and unlabelled batches of `batch_size`)."""
+    from pipeline.config_io import load_config
+    from pipeline.semi.trainer import train_semi
+
+    root = Path(work_dir or tempfile.mkdtemp(prefix="bench_step_"))
+    teacher_iters = 2
+    base = _setup(root, image_size, batch_size, estimator, weights, input_size, device, workers,
+                  teacher_iters + warmup + steps)
+    unl = root / "splits/train_25pct_seed0_unlabeled.json"
+    base = [o for o in base if not o.startswith(("data.train_json=", "data.unlabeled_list="))] + [
+        f"data.train_json={root}/splits/train_25pct_seed0_labeled.json", f"data.unlabeled_list={unl}",
+        "depth.mode=cache", "semi.enabled=true", f"semi.teacher_iters={teacher_iters}",
+        f"semi.unlabeled_batch_size={batch_size}", "semi.burn_in_iter=1", "semi.depth_pseudo_labels=true",
+        # a random-init teacher is unsure of everything: a low threshold keeps the pseudo-label path busy
+        "semi.score_threshold=0.05", "train.time_parts=true",
+    ]
+    _precompute(base, [str(unl)])
+    run = root / "run_semi"
+    if run.exists():
+        for f in run.iterdir():
+            f.unlink()
+    train_semi(load_config(None, base + [f"train.output_dir={run}"]))
+    parts = _parts_per_step(run, teacher_iters + warmup)
+    _print_parts(parts, batch_size, image_size, estimator, input_size, steps, warmup, workers)
+    return parts
+
+
+def _print_parts(parts, batch_size, image_size, estimator, input_size, steps, warmup, workers) -> None:
+    step = parts["step"]
+    print(f"\nteacher-student stage-B step, {batch_size} labelled + {batch_size} unlabelled images of {image_size}px, "
+          f"cached depth from {estimator} (input {input_size}), {steps} timed steps after {warmup}, "
+          f"{workers} loader workers:")
+    print(f"{'part':<34}{'s/step':>10}{'share':>8}")
+    rows = [("data wait", parts["data"])] + [(p, parts.get(p, 0.0)) for p in PARTS]
+    for name, t in rows:
+        print(f"{name:<34}{t:>10.4f}{t / step:>8.1%}")
+    print(f"{'  matching (in labelled, unsup_loss)':<34}{parts.get('matching', 0.0):>10.4f}"
+          f"{parts.get('matching', 0.0) / step:>8.1%}")
+    other = step - sum(t for _, t in rows)
+    print(f"{'other (logging, batch to device)':<34}{other:>10.4f}{other / step:>8.1%}")
+    print(f"{'step':<34}{step:>10.4f}{1:>8.1%}")
+    host = sum(parts.get(p, 0.0) for p in HOST_PARTS)
+    print(f"host-side parts ({', '.join(HOST_PARTS)}): {host:.4f} s/step = {host / step:.1%} of the step")

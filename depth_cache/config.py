@@ -44,6 +44,10 @@ class EstimatorConfig:
     seed: int = _setting(0, range="[0, inf)", help="tiny source: seed of its random initialisation")
     allow_symlinks_outside: bool = _setting(
         False, help="files source: accept depth maps that are symlinks to outside depth_dir (not keyed)")
+    # not keyed: the stored values agree with the eager ones to the precision's rounding
+    compile: bool = _setting(
+        False, help="torch.compile the estimator in precompute (NOTES, H200: 1.7x vits, 1.5x vitl at 518x686; "
+                    "compiling takes ~20 s per input shape)")
 
 
 @dataclass
@@ -62,7 +66,16 @@ class CacheConfig:
     shard_size: int = _setting(
         64, range="[1, inf)", help="images per shard file (the unit of writing and of resuming a killed job)")
     batch_size: int = _setting(8, range="[1, inf)", help="images per estimator call in precompute")
-    num_workers: int = _setting(2, range="[0, inf)", help="image-decoding DataLoader workers in precompute")
+    num_workers: Optional[int] = _setting(
+        None, range="[0, inf)",
+        help="image-reading/decoding DataLoader workers in precompute; null = from the cores (on CUDA all of "
+             "the process's cores but one, at most 16; on a CPU half of them)")
+    # not keyed: identical pixels on a CPU; see depth_cache/decode.py for the GPU
+    decode: Literal["torchvision", "pil"] = _setting(
+        "torchvision",
+        help="JPEG decoder: torchvision (batched on the GPU when the estimator runs on CUDA, in the workers on a "
+             "CPU; other formats via PIL) or pil (every image via PIL)")
+    writer_threads: int = _setting(2, range="[1, inf)", help="threads packing and writing finished shards")
     # a network is not flip-equivariant, so flipping the cached maps only approximates them; costs
     # 2x precompute time and bytes. Network sources only (a flip of `files` maps is exact).
     flip_views: bool = _setting(

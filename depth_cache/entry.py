@@ -39,6 +39,13 @@ def normalise_depth(depth: torch.Tensor, valid: torch.Tensor | None = None, low:
     v = None if valid is None else (valid.unsqueeze(0) if squeeze else valid).bool()
     out = torch.empty_like(d)
     probs = torch.tensor([low, 1.0 - low], device=d.device)
+    if v is None and d[0].numel() <= 1 << 23:
+        # the whole batch in one pass, without reading the percentiles back to the host (on a GPU a
+        # read per image would stall the queue); the same values as the loop below
+        lo, hi = (q.view(-1, *[1] * (d.dim() - 1)) for q in torch.quantile(d.flatten(1), probs, dim=1))
+        span = hi - lo
+        out = torch.where(span > 0, (torch.minimum(torch.maximum(d, lo), hi) - lo) / span, torch.zeros_like(d))
+        return out[0] if squeeze else out
     for i in range(d.shape[0]):
         values = d[i][v[i]] if v is not None else d[i].reshape(-1)
         if values.numel() > 1 << 23:  # torch.quantile's input limit; a strided sample is plenty

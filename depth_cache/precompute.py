@@ -9,7 +9,10 @@ in DataLoader workers, computed in batches, and each full shard is handed to a w
 writes it once, then its marker, then gives back the claim. A job ends when all its images are
 finished: it waits for images other jobs hold, and takes over claims whose lease lapsed (a killed
 job). Killing the job loses at most the shards in flight. An image that cannot be read is recorded
-in its shard's marker and the report, and skipped.
+in its shard's marker and the report, and skipped. Throughput: JPEGs bound for a GPU are only read
+in the workers and decoded there in batches (`depth_cache.decode`); the runner returns a shard's
+maps with their device-to-host copies still running, and a pool of writer threads waits for those
+copies, packs and writes, while the main thread already feeds the next shard to the estimator.
 With `flip_views`, every image also goes through the source mirrored left-right, in the same
 batch call, and those maps are stored as `<name>@flip` with the same geometry.
 """
@@ -31,6 +34,7 @@ from tqdm import tqdm
 
 from depth_cache.claims import ClaimingSampler, ShardClaims
 from depth_cache.config import CacheConfig, EstimatorConfig
+from depth_cache.decode import default_workers
 from depth_cache.entry import quantise_int8
 from depth_cache.fingerprint import check_cached_ids, check_stems
 from depth_cache.geometry import Canvas, Geometry, fit_frame, make_canvas
@@ -87,10 +91,18 @@ class PrecomputeResult:
     calls: int = 0  # images that went through the depth source (twice per image with flip_views)
     lost_shards: list[int] = field(default_factory=list)  # computed, but a successor had taken the claim over
     seconds: float = 0.0
+    startup_s: float = 0.0  # until the loader gave its first image (cache set-up, planning, workers' start)
+    started: float = 0.0  # perf_counter at the job's start
 
     @property
     def images_per_s(self) -> float:
         return self.computed / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def steady_images_per_s(self) -> float:
+        """The rate once the loader delivers (start-up excluded): what a long job converges to."""
+        run = self.seconds - self.startup_s
+        return self.computed / run if run > 0 else 0.0
 
 
 def build_manifest(key: str, fields: dict, runner, cache_cfg: CacheConfig, canvas: Canvas) -> dict[str, Any]:
@@ -169,36 +181,47 @@ def plan_shards(records: list[ImageRecord], markers: dict[int, dict], shard_size
 
 
 class ShardWriter:
-    """Writes finished shards on a thread so the source never waits for storage; with `claims`, only
-    shards this job still owns, each claim given back once its marker is written."""
+    """Packs and writes finished shards on `threads` threads so the source never waits for storage;
+    with `claims`, only shards this job still owns, each claim given back once its marker is written.
 
-    def __init__(self, store: CacheStore, claims: ShardClaims | None = None, max_pending: int = 2):
+    A job is (shard, items, manifest, rank, wait): the thread calls `wait()` (the runner's
+    device-to-host copies of those items), packs the shard (`pack_shard`) and writes it, then its
+    marker. Shards are independent files, so threads never share one. At most `max_pending` shards
+    wait in the queue (each holds its maps in host memory)."""
+
+    def __init__(self, store: CacheStore, claims: ShardClaims | None = None, max_pending: int = 1,
+                 threads: int = 1):  # fmt: skip
         self.store, self.claims, self.error = store, claims, None
-        self.queue: queue.Queue = queue.Queue(maxsize=max_pending)
-        self.thread = threading.Thread(target=self._loop, name="shard-writer", daemon=True)
-        self.thread.start()
+        self.queue: queue.Queue = queue.Queue(maxsize=max(1, max_pending))
+        self.threads = [threading.Thread(target=self._loop, name=f"shard-writer-{i}", daemon=True)
+                        for i in range(max(1, threads))]  # fmt: skip
+        for t in self.threads:
+            t.start()
 
     def _loop(self) -> None:
         while (job := self.queue.get()) is not None:
             if self.error is None:
                 try:
-                    shard = job[0]
+                    shard, items, manifest, rank, wait = job
+                    wait()
                     if self.claims is not None and not self.claims.still_mine(shard):
                         self.claims.lose(shard)  # our lease lapsed and a successor owns it: its write wins
                         continue
-                    self.store.write_shard(*job)
+                    self.store.write_shard(shard, *pack_shard(shard, items, manifest, rank))
                     if self.claims is not None:
                         self.claims.release(shard)
                 except BaseException as err:  # surfaced by submit/close in the main thread
                     self.error = err
 
-    def submit(self, shard: int, blocks: dict[str, np.ndarray], marker: dict) -> None:
+    def submit(self, shard: int, items: list[dict], manifest: dict, rank: int, wait=lambda: None) -> None:
         self._raise()
-        self.queue.put((shard, blocks, marker))
+        self.queue.put((shard, items, manifest, rank, wait))
 
     def close(self) -> None:
-        self.queue.put(None)
-        self.thread.join()
+        for _ in self.threads:
+            self.queue.put(None)
+        for t in self.threads:
+            t.join()
         self._raise()
 
     def _raise(self) -> None:
@@ -254,7 +277,7 @@ def _keep(item):
 
 def precompute(records: list[ImageRecord], runner, fields: dict, cache_cfg: CacheConfig, *,
                dist: DistInfo | None = None, retry_failed: bool = False, progress: bool = True,
-               num_workers: int | None = None) -> PrecomputeResult:  # fmt: skip
+               num_workers: int | None = None, writer_threads: int | None = None) -> PrecomputeResult:  # fmt: skip
     """Compute and store every image of `records` that the cache (key from `fields`) lacks."""
     dist = dist or DistInfo()
     t0 = time.perf_counter()
@@ -277,18 +300,21 @@ def precompute(records: list[ImageRecord], runner, fields: dict, cache_cfg: Cach
     check_sources(records, markers, store, runner)
     dist.barrier()  # every rank looked at the same markers before anyone writes
     plan, done, skipped = plan_shards(records, markers, int(manifest["shard_size"]), retry_failed)
-    result = PrecomputeResult(key=key, root=cache_cfg.root, already_done=done, skipped_failed=skipped)
+    result = PrecomputeResult(key=key, root=cache_cfg.root, already_done=done, skipped_failed=skipped, started=t0)
     todo = [r for _, recs in plan for r in recs]
     handled = {r.id for r in records} - {r.id for r in todo}  # finished, or failed before (no retry)
     claims = ShardClaims(store, cache_cfg.lease_s)
     workers = cache_cfg.num_workers if num_workers is None else num_workers
+    if workers is None:
+        workers = default_workers(getattr(runner, "device", "cpu"), dist.world_size)
+    threads = cache_cfg.writer_threads if writer_threads is None else writer_threads
     calls0 = runner.calls
     bar = tqdm(total=len(todo), unit="img", desc=f"precompute {key}", disable=not progress or dist.rank != 0)
     try:
         while True:  # passes: claim and compute what is free; then wait for other jobs' claims on our images
             sampler = ClaimingSampler([r.id for r in todo], claims, int(manifest["shard_size"]), handled)
             sampler.mark_known(set(markers))
-            _run_pass(todo, sampler, runner, manifest, canvas, store, workers, result, dist.rank, bar)
+            _run_pass(todo, sampler, runner, manifest, canvas, store, (workers, threads), result, dist.rank, bar)
             if sampler.todo():
                 continue  # claims released or expired meanwhile: take those images over
             waiting = sampler.waiting()
@@ -318,19 +344,24 @@ def check_sources(records: list[ImageRecord], markers: dict[int, dict], store: C
         check_stems([(r.id, r.path) for r in records], sources, runner.describe().get("depth_dir", ""))
 
 
-def _run_pass(todo, sampler, runner, manifest, canvas, store, workers, result, rank, bar) -> None:
-    """Load, compute and write the shards `sampler` claims; returns when they are all written."""
+def _run_pass(todo, sampler, runner, manifest, canvas, store, parallel, result, rank, bar) -> None:
+    """Load, compute and write the shards `sampler` claims; returns when they are all written.
+    `parallel` = (loader workers, writer threads)."""
+    workers, threads = parallel
     items = [(-1, -1, r) for r in todo]  # shard and slot come from the sampler's claims
     loader = torch.utils.data.DataLoader(
         LoadDataset(items, runner.loader()), batch_size=None, sampler=sampler, num_workers=workers if items else 0,
-        collate_fn=_keep, prefetch_factor=4 if workers and items else None,
+        collate_fn=_keep, prefetch_factor=4 if workers and items else None, pin_memory=runner.pin_memory,
     )  # fmt: skip
     canvas_fit = (canvas, runner.multiple_of)
     iterator = iter(loader)  # workers fork before the writer thread starts
-    writer = ShardWriter(store, sampler.claims)
+    # host memory: one shard's float32 maps per writer thread, one queued and one being computed
+    writer = ShardWriter(store, sampler.claims, max_pending=1, threads=threads)
     try:
         pending: list[dict] = []
         for item in iterator:
+            if not result.startup_s:
+                result.startup_s = time.perf_counter() - result.started
             item["shard"], item["slot"] = sampler.where[item["index"]]
             if pending and item["shard"] != pending[0]["shard"]:
                 _flush(pending, runner, manifest, canvas_fit, writer, result, rank, bar)
@@ -344,6 +375,7 @@ def _run_pass(todo, sampler, runner, manifest, canvas, store, workers, result, r
 
 def _flush(items, runner, manifest, canvas_fit, writer, result, rank, bar) -> None:
     canvas, multiple_of = canvas_fit
+    runner.prepare(items)  # JPEGs bound for a GPU are decoded there, in one batch
     ok = [i for i in items if "error" not in i]
     for it in ok:
         orig = runner.input_size(it["input"])
@@ -352,23 +384,26 @@ def _flush(items, runner, manifest, canvas_fit, writer, result, rank, bar) -> No
     inputs, frames = [i["input"] for i in ok], [i["geometry"][1] for i in ok]
     if ok and manifest.get("flip_views", False):
         # the mirrored decoded image (what a flipped file would give), in the same call so batches stay full
-        both = runner.run(inputs + [x.flip(-1) for x in inputs], frames + frames)
+        both, wait = runner.run_async(inputs + [x.flip(-1) for x in inputs], frames + frames)
         plain, mirrored = both[: len(ok)], both[len(ok) :]
         maps = [{**a, **{flip_name(k): v for k, v in b.items()}} for a, b in zip(plain, mirrored, strict=True)]
     else:
-        maps = runner.run(inputs, frames) if ok else []
+        maps, wait = runner.run_async(inputs, frames) if ok else ([], _no_wait)
     for it, m in zip(ok, maps, strict=True):
         orig, frame, transposed = it["geometry"]
         extents = {n: tuple(int(s) for s in t.shape[-2:]) for n, t in m.items()}
         it["geometry"], it["maps"] = Geometry(tuple(orig), tuple(frame), transposed, extents), m
         del it["input"]
     shard = items[0]["shard"]
-    blocks, marker = pack_shard(shard, items, manifest, rank)
-    writer.submit(shard, blocks, marker)
+    writer.submit(shard, items, manifest, rank, wait)
     result.computed += len(ok)
     result.failed.update({i["record"].id: i["error"] for i in items if "error" in i})
     result.shards.append(shard)
     bar.update(len(items))
+
+
+def _no_wait() -> None:
+    return None
 
 
 def write_report(store: CacheStore) -> dict[str, Any]:
@@ -394,12 +429,15 @@ def run_precompute(records: list[ImageRecord], estimator_cfg: EstimatorConfig, c
     if device == "auto" and dist.world_size > 1 and torch.cuda.is_available():
         device = f"cuda:{dist.local_rank}"
     runner = make_runner(source, cache_cfg.depth_stride, estimator_cfg.input_size, device=device,
-                         precision=estimator_cfg.precision, batch_size=cache_cfg.batch_size)  # fmt: skip
+                         precision=estimator_cfg.precision, batch_size=cache_cfg.batch_size,
+                         decoder=cache_cfg.decode, compile=estimator_cfg.compile)  # fmt: skip
     threads = torch.get_num_threads()
     if getattr(runner, "device", torch.device("cpu")).type == "cpu":
         # leave the decoding workers their cores: oversubscribed intra-op threads ran 7x slower (2 cores)
         cores = (os.cpu_count() or 1) // dist.world_size
-        torch.set_num_threads(max(1, min(threads, cores - cache_cfg.num_workers)))
+        workers = cache_cfg.num_workers
+        workers = default_workers("cpu", dist.world_size) if workers is None else workers
+        torch.set_num_threads(max(1, min(threads, cores - workers)))
     try:
         return precompute(records, runner, fields, cache_cfg, dist=dist, retry_failed=retry_failed, progress=progress)
     finally:

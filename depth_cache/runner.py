@@ -1,26 +1,34 @@
 """Depth sources as the precompute job drives them: load in workers, compute in batches, return maps.
 
-`make_runner(source, ...)` wraps a network `DepthEstimator` (images decoded in workers; resize,
-normalisation and inference batched on the device, autocast and channels-last on CUDA) or the
-`files` source (maps read in workers). `runner.run(inputs, frames)` returns, per image, the maps
-to store at their final resolution: {"depth": (1, h/ds, w/ds) normalised, level: (C, h/s, w/s)}
-as float32 CPU tensors, plus `runner.calls` counting images that went through the source.
+`make_runner(source, ...)` wraps a network `DepthEstimator` or the `files` source (maps read in
+workers). `runner.run(inputs, frames)` returns, per image, the maps to store at their final
+resolution: {"depth": (1, h/ds, w/ds) normalised, level: (C, h/s, w/s)} as float32 CPU tensors,
+plus `runner.calls` counting images that went through the source.
+
+For a network, the loader workers read (and, but for JPEGs bound for a GPU, decode) the images
+(`depth_cache.decode`); `runner.prepare(items)` decodes the batch's JPEGs on the device in one
+call; resize, normalisation and inference run batched on the device (autocast and channels-last
+on CUDA, optionally `torch.compile`d). `run_async` queues a batch's results into pinned host
+buffers with non-blocking copies and returns a `wait` callable instead of blocking, so the job
+hands the shard to a writer thread (which waits) and feeds the GPU the next shard meanwhile.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from contextlib import nullcontext
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from depth_cache.decode import EncodedImage, decode_batch, load_image
 from depth_cache.entry import normalise_depth, pool_to_stride
 from depth_cache.estimators.base import DepthEstimator
 from depth_cache.estimators.files import FilesDepth
 from depth_cache.geometry import grid_for_stride
-from depth_cache.images import ImageRecord, decode_image, image_size
+from depth_cache.images import ImageRecord, image_size
 
 Maps = dict[str, torch.Tensor]
 
@@ -38,8 +46,9 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
-def run_network(estimator: DepthEstimator, x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, Maps]:
-    """x (B, 3, H, W) normalised on the estimator's device -> (depth (B, H, W), {level: (B, C, h, w)}) float32."""
+def run_network(estimator: Callable, x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, Maps]:
+    """x (B, 3, H, W) normalised on the estimator's device -> (depth (B, H, W), {level: (B, C, h, w)}) float32.
+    `estimator` is the module or its `torch.compile`d form."""
     cuda = x.device.type == "cuda"
     if cuda:
         x = x.contiguous(memory_format=torch.channels_last)
@@ -61,13 +70,22 @@ def prepare_images(images: torch.Tensor, frame: tuple[int, int], estimator: Dept
     return (x - mean) / std
 
 
-class ImageLoader:
-    """Worker-side loading for networks: the decoded image, checked against the JSON's size."""
+def check_size(record: ImageRecord, img: torch.Tensor) -> None:
+    if record.size is not None and tuple(img.shape[-2:]) != tuple(record.size):
+        raise ValueError(f"{record.path}: image is {tuple(img.shape[-2:])}, the JSON says {record.size}")
 
-    def __call__(self, record: ImageRecord) -> torch.Tensor:
-        img = decode_image(record.path)
-        if record.size is not None and tuple(img.shape[-2:]) != tuple(record.size):
-            raise ValueError(f"{record.path}: image is {tuple(img.shape[-2:])}, the JSON says {record.size}")
+
+class ImageLoader:
+    """Worker-side loading for networks: the decoded image checked against the JSON's size, or
+    (`defer_jpeg`, for a GPU) a JPEG's bytes, decoded and checked by `NetworkRunner.prepare`."""
+
+    def __init__(self, decoder: str = "torchvision", defer_jpeg: bool = False):
+        self.decoder, self.defer_jpeg = decoder, defer_jpeg
+
+    def __call__(self, record: ImageRecord) -> torch.Tensor | EncodedImage:
+        img = load_image(record.path, self.decoder, self.defer_jpeg)
+        if isinstance(img, torch.Tensor):
+            check_size(record, img)
         return img
 
 
@@ -77,10 +95,17 @@ class NetworkRunner:
     flip_exact = False  # a network is not flip-equivariant: caching the flipped view can matter
 
     def __init__(self, estimator: DepthEstimator, depth_stride: int, device: str = "auto", precision: str = "auto",
-                 batch_size: int = 8):  # fmt: skip
+                 batch_size: int = 8, decoder: str = "torchvision", compile: bool = False):  # fmt: skip
         self.device = resolve_device(device)
         self.dtype = resolve_precision(precision, self.device)
         self.estimator = estimator.to(self.device).eval()
+        # compiled once per input shape (frames vary with the aspect ratio; torch falls back to eager
+        # after its recompile limit); the uncompiled module stays for `describe` and `probe`
+        self.forward = torch.compile(self.estimator) if compile else self.estimator
+        self.compiled = bool(compile)
+        self.decoder = decoder
+        # JPEGs are decoded on the GPU in `prepare`; the workers only read them
+        self.defer_jpeg = self.device.type == "cuda" and decoder == "torchvision"
         self.depth_stride, self.batch_size = depth_stride, batch_size
         self.levels = [fi.name for fi in estimator.feature_info]
         self.multiple_of = estimator.preprocess.multiple_of
@@ -91,7 +116,8 @@ class NetworkRunner:
         pre = self.estimator.preprocess
         return {"name": self.estimator.name, "device": str(self.device), "precision": str(self.dtype),
                 "input_size": pre.input_size, "multiple_of": pre.multiple_of, "mean": list(pre.mean),
-                "std": list(pre.std), "resize": "bicubic on float, align_corners=False"}  # fmt: skip
+                "std": list(pre.std), "resize": "bicubic on float, align_corners=False",
+                "decoder": self.decoder, "compiled": self.compiled}  # fmt: skip
 
     def natural_frame(self, size: tuple[int, int]) -> tuple[int, int]:
         from depth_cache.estimators.preprocess import target_size
@@ -99,28 +125,80 @@ class NetworkRunner:
         return target_size(size[0], size[1], self.short_side, self.multiple_of)
 
     def loader(self) -> ImageLoader:
-        return ImageLoader()
+        return ImageLoader(self.decoder, defer_jpeg=self.defer_jpeg)
+
+    @property
+    def pin_memory(self) -> bool:
+        """Whether the loader should pin what it hands over (decoded images then copy without blocking)."""
+        return self.device.type == "cuda"
+
+    def prepare(self, items: list[dict]) -> None:
+        """Decode the items' deferred JPEGs on the device in one batch (in place); an image that
+        cannot be decoded, or whose size differs from the JSON's, becomes the item's error."""
+        ok = [it for it in items if "error" not in it]
+        if not ok:
+            return
+        decoded = decode_batch([it["input"] for it in ok], self.device)
+        for it, img in zip(ok, decoded, strict=True):
+            try:
+                if isinstance(img, Exception):
+                    raise img
+                check_size(it["record"], img)
+                it["input"] = img
+            except (OSError, ValueError) as err:
+                del it["input"]
+                it["error"] = str(err) or type(err).__name__
 
     def input_size(self, item: torch.Tensor) -> tuple[int, int]:
         return tuple(item.shape[-2:])
 
     def run(self, inputs: list[torch.Tensor], frames: list[tuple[int, int]]) -> list[Maps]:
+        maps, wait = self.run_async(inputs, frames)
+        wait()
+        return maps
+
+    def run_async(self, inputs: list[torch.Tensor],
+                  frames: list[tuple[int, int]]) -> tuple[list[Maps], Callable[[], None]]:  # fmt: skip
+        """`run` without waiting: on CUDA the maps are pinned host tensors still being filled by
+        non-blocking copies, valid once `wait()` returned (on a CPU `wait` does nothing)."""
         out: list[Maps | None] = [None] * len(inputs)
         groups: dict[tuple[int, int], list[int]] = defaultdict(list)
         for i, f in enumerate(frames):  # one forward per frame size: batches need one shape
             groups[tuple(f)].append(i)
+        cuda = self.device.type == "cuda"
         for frame, idx in groups.items():
             for start in range(0, len(idx), self.batch_size):
                 part = idx[start : start + self.batch_size]
-                x = torch.cat([prepare_images(inputs[i][None].to(self.device), frame, self.estimator) for i in part])
-                depth, feats = run_network(self.estimator, x, self.dtype)
+                x = self._inputs([inputs[i] for i in part], frame)
+                depth, feats = run_network(self.forward, x, self.dtype)
                 self.calls += len(part)
                 depth = pool_to_stride(normalise_depth(depth), self.depth_stride)
+                batch = {"depth": depth[:, None], **feats}
+                if cuda:  # one copy per map per batch, into page-locked memory, without blocking
+                    host = {k: torch.empty(v.shape, dtype=v.dtype, pin_memory=True) for k, v in batch.items()}
+                    for k, v in batch.items():
+                        host[k].copy_(v, non_blocking=True)
+                    batch = host
                 for j, i in enumerate(part):
-                    maps = {"depth": depth[j : j + 1].cpu()}
-                    maps.update({k: v[j].cpu() for k, v in feats.items()})
-                    out[i] = maps
-        return out  # type: ignore[return-value]
+                    out[i] = {k: v[j] for k, v in batch.items()}
+        if not cuda:
+            return out, _nothing  # type: ignore[return-value]
+        done = torch.cuda.Event()
+        done.record(torch.cuda.current_stream(self.device))
+        return out, done.synchronize  # type: ignore[return-value]
+
+    def _inputs(self, images: list[torch.Tensor], frame: tuple[int, int]) -> torch.Tensor:
+        """Network input of images of one frame: those of one original size are resized in one call."""
+        by_size: dict[tuple[int, ...], list[int]] = defaultdict(list)
+        for j, img in enumerate(images):
+            by_size[tuple(img.shape)].append(j)
+        parts: list[torch.Tensor | None] = [None] * len(images)
+        for js in by_size.values():
+            batch = torch.stack([images[j] for j in js]).to(self.device, non_blocking=True)
+            x = prepare_images(batch, frame, self.estimator)
+            for k, j in enumerate(js):
+                parts[j] = x[k : k + 1]
+        return torch.cat(parts)  # type: ignore[arg-type]
 
     def probe(self, frame: tuple[int, int]) -> dict[str, tuple[int, int, int]]:
         """(C, h, w) of every stored map for a `frame` input (sizes the canvas arrays), from
@@ -129,6 +207,10 @@ class NetworkRunner:
         for fi in self.estimator.feature_info:
             shapes[fi.name] = (fi.channels, *grid_for_stride(frame, fi.stride))
         return shapes
+
+
+def _nothing() -> None:
+    return None
 
 
 class DepthFileLoader:
@@ -169,8 +251,17 @@ class FilesRunner:
     def loader(self) -> DepthFileLoader:
         return DepthFileLoader(self.source)
 
+    pin_memory = False
+
+    def prepare(self, items: list[dict]) -> None:
+        """Nothing to do: the workers read the maps."""
+
     def input_size(self, item: torch.Tensor) -> tuple[int, int]:
         return tuple(item.shape[-2:])
+
+    def run_async(self, inputs: list[torch.Tensor],
+                  frames: list[tuple[int, int]]) -> tuple[list[Maps], Callable[[], None]]:  # fmt: skip
+        return self.run(inputs, frames), _nothing
 
     def run(self, inputs: list[torch.Tensor], frames: list[tuple[int, int]]) -> list[Maps]:
         out = []
@@ -193,10 +284,11 @@ class FilesRunner:
 
 
 def make_runner(source, depth_stride: int, short_side: int, device: str = "auto", precision: str = "auto",
-                batch_size: int = 8):  # fmt: skip
+                batch_size: int = 8, decoder: str = "torchvision", compile: bool = False):  # fmt: skip
     """The precompute adapter of a built source (`estimators.build_source`)."""
     if isinstance(source, FilesDepth):
         return FilesRunner(source, depth_stride, short_side)
     if isinstance(source, DepthEstimator):
-        return NetworkRunner(source, depth_stride, device=device, precision=precision, batch_size=batch_size)
+        return NetworkRunner(source, depth_stride, device=device, precision=precision, batch_size=batch_size,
+                             decoder=decoder, compile=compile)
     raise TypeError(f"not a depth source: {type(source).__name__}")

@@ -158,6 +158,9 @@ class TrainConfig:
         help="write a metrics.jsonl row every this many iterations and at the end; 0 = only at the end")
     seed: int = setting(0, range="[0, inf)", help="seed of model initialisation, data order and augmentation")
     device: str = setting("auto", help="auto (cuda when present), cpu, cuda or cuda:N")
+    time_parts: bool = setting(
+        False, help="log seconds per part of a teacher-student step (time/<part> in metrics.jsonl; bench step "
+                    "--semi); synchronises CUDA at every part's edge, so it slows a GPU run")
 
 
 @dataclass

@@ -27,6 +27,7 @@ from pipeline.engine.checkpoint import load_checkpoint, load_model_state
 from pipeline.engine.context import RunContext, build_context, check_finite, train_loader
 from pipeline.engine.distributed import all_reduce_sum, broadcast_buffers
 from pipeline.engine.optim import base_lr, build_optimizer, build_scheduler, stage_schedule
+from pipeline.engine.step_timer import StepTimer
 from pipeline.engine.trainer import (
     LoaderClock,
     due,
@@ -63,17 +64,25 @@ def supervised_losses(ctx: RunContext, model: nn.Module, batch) -> dict[str, tor
 
 
 @torch.no_grad()
-def teacher_pseudo_labels(ctx: RunContext, teacher: nn.Module, batch) -> tuple[list[dict], list[dict] | None]:
+def teacher_pseudo_labels(ctx: RunContext, teacher: nn.Module, batch,
+                          timer: StepTimer | None = None) -> tuple[list[dict], list[dict] | None]:  # fmt: skip
     """RGB and depth pseudo-label sets of an unlabelled batch (depth None when not used)."""
     semi = ctx.cfg.semi
+    timer = timer or StepTimer()
     size = tuple(batch.images.shape[-2:])
     kw = dict(score_threshold=semi.score_threshold, mask_threshold=semi.mask_threshold,
               min_mask_area=semi.min_mask_area, dedup_iou=semi.pseudo_dedup_iou)
-    rgb = make_pseudo_labels(_forward(ctx, teacher, batch.images, batch), size, batch.valid, **kw)
+    with timer("teacher"):
+        out_rgb = _forward(ctx, teacher, batch.images, batch)
+    with timer("pseudo_labels"):
+        rgb = make_pseudo_labels(out_rgb, size, batch.valid, **kw)
     depth = None
     if semi.depth_pseudo_labels:
-        view = render_depth_view(batch.depth, batch.valid, colormap=semi.depth_view)
-        depth = make_pseudo_labels(_forward(ctx, teacher, view, batch), size, batch.valid, **kw)
+        with timer("teacher"):
+            view = render_depth_view(batch.depth, batch.valid, colormap=semi.depth_view)
+            out_depth = _forward(ctx, teacher, view, batch)
+        with timer("pseudo_labels"):
+            depth = make_pseudo_labels(out_depth, size, batch.valid, **kw)
     return rgb, depth
 
 
@@ -161,6 +170,8 @@ def train_semi(cfg: Config, resume: bool = False) -> dict:
     lab_iter = iter(train_loader(labeled, cfg, ctx.dist, cfg.train.batch_size, start))
     unl_iter = None
     augment = StrongAugment()
+    timer = StepTimer(cfg.train.time_parts, ctx.device)
+    ctx.criterion.matcher = timer.wrap(ctx.criterion.matcher, "matching")
     model = wrap_ddp(ctx.model, ctx)
     model.train()
     metrics: dict = {}
@@ -174,20 +185,28 @@ def train_semi(cfg: Config, resume: bool = False) -> dict:
         in_b = it >= start_b
         record: dict = {}
         batch = clock.next(lab_iter).to(ctx.device)
-        ctx.provider.fill(batch)
-        losses = supervised_losses(ctx, model, batch)
+        with timer("depth"):
+            ctx.provider.fill(batch)
+        with timer("labelled"):
+            losses = supervised_losses(ctx, model, batch)
         if in_b:
             if unl_iter is None:
                 unl_iter = iter(train_loader(unlabeled, cfg, ctx.dist, semi.unlabeled_batch_size,
                                              it - start_b, seed_offset=1))
             ub = clock.next(unl_iter).to(ctx.device)
-            ctx.provider.fill(ub)
-            rgb_pl, depth_pl = teacher_pseudo_labels(ctx, teacher, ub)
-            out = _forward(ctx, model, strong_view(ub.images, ub.valid, augment), ub)
-            loss_rgb = ctx.criterion(out, rgb_pl)
-            loss_depth = ctx.criterion(out, depth_pl) if depth_pl is not None else None
-            stats = controller_stats(ctx, rgb_pl, depth_pl, loss_rgb, loss_depth) if depth_pl is not None else {}
-            w = controller.update(it - start_b, stats)
+            with timer("depth"):
+                ctx.provider.fill(ub)
+            rgb_pl, depth_pl = teacher_pseudo_labels(ctx, teacher, ub, timer)
+            with timer("augment"):
+                strong = strong_view(ub.images, ub.valid, augment)
+            with timer("student_forward"):
+                out = _forward(ctx, model, strong, ub)
+            with timer("unsup_loss"):
+                loss_rgb = ctx.criterion(out, rgb_pl)
+                loss_depth = ctx.criterion(out, depth_pl) if depth_pl is not None else None
+            with timer("controller"):
+                stats = controller_stats(ctx, rgb_pl, depth_pl, loss_rgb, loss_depth) if depth_pl is not None else {}
+                w = controller.update(it - start_b, stats)
             unsup = combine_unsup_losses(loss_rgb, loss_depth, w, semi.unsup_weight)
             record = {"loss_sup": float(sum(v.detach() for v in losses.values())),
                       "loss_unsup": float(sum(v.detach() for v in unsup.values())),
@@ -199,22 +218,24 @@ def train_semi(cfg: Config, resume: bool = False) -> dict:
             losses = {**losses, **unsup}
         check_finite(losses, it, ctx.out_dir)
         lr = base_lr(ctx.scheduler, cfg.train)  # the rate this step uses
-        optimizer_step(ctx, sum(losses.values()), model.parameters())
+        with timer("backward_step"):
+            optimizer_step(ctx, sum(losses.values()), model.parameters())
         if in_b:
             b_step = it + 1 - start_b
-            if b_step >= semi.burn_in_iter:
-                broadcast_buffers(ctx.model)  # live BN statistics differ by process; the teachers must not
-            if b_step == semi.burn_in_iter:
-                copy_student_to_teacher(teacher, ctx.model)
-            elif b_step > semi.burn_in_iter:
-                ema_update(teacher, ctx.model, semi.ema_decay, buffers=semi.ema_buffers)
+            with timer("ema"):
+                if b_step >= semi.burn_in_iter:
+                    broadcast_buffers(ctx.model)  # live BN statistics differ by process; the teachers must not
+                if b_step == semi.burn_in_iter:
+                    copy_student_to_teacher(teacher, ctx.model)
+                elif b_step > semi.burn_in_iter:
+                    ema_update(teacher, ctx.model, semi.ema_decay, buffers=semi.ema_buffers)
         step = it + 1
         if due(step, cfg.train.log_period, cfg.train.max_iter):
             terms = main_loss_terms(losses)
             bar.set_postfix(loss=f"{terms['loss']:.3f}", stage="B" if in_b else "A")
             ctx.log.write({"iter": step, "stage": "B" if in_b else "A", "loss": terms["loss"], **record,
                            "lr": lr, "time": time.perf_counter() - t0,
-                           "data_time": clock.waited})
+                           "data_time": clock.waited, **timer.log()})
         if due(step, cfg.train.checkpoint_period, cfg.train.max_iter):
             extra = {"teacher": teacher.state_dict(), "controller": controller.state_dict()} if in_b else {}
             save_run_checkpoint(ctx, step, **extra)

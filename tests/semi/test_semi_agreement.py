@@ -79,8 +79,9 @@ def test_batched_counts_equal_the_per_image_counts():
             n = int(torch.randint(0, 5, (1,), generator=g)) if i != 2 else 0
             starts = torch.randint(0, 80, (n,), generator=g).tolist()
             lens = torch.randint(5, 20, (n,), generator=g).tolist()
-            sets.append(_set([(a, a + d) for a, d in zip(starts, lens)], torch.randint(0, 2, (n,), generator=g).tolist()))
+            labels = torch.randint(0, 2, (n,), generator=g).tolist()
+            sets.append(_set([(a, a + d) for a, d in zip(starts, lens, strict=True)], labels))
     for aware in (True, False):
         got = batch_count_matches(rgb, depth, iou_threshold=0.3, class_aware=aware)
-        want = [count_matches(r, d, iou_threshold=0.3, class_aware=aware) for r, d in zip(rgb, depth)]
+        want = [count_matches(r, d, iou_threshold=0.3, class_aware=aware) for r, d in zip(rgb, depth, strict=True)]
         assert got == want and sum(want) > 0
