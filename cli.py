@@ -453,19 +453,24 @@ def bench_group() -> None:
 @click.option("--reads", default=512, show_default=True, help="Random reads per reader.")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--vits", is_flag=True, help="Also time vits at 518 (random weights; meant for a GPU).")
+@click.option("--vitl", is_flag=True, help="Also time vitl at 518 (random weights; meant for a GPU).")
+@click.option("--batch-size", default=8, show_default=True, help="Images per estimator call.")
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the estimator (both columns).")
+@click.option("--workers", type=int, help="Loader workers (default: depth_cache.decode.default_workers).")
 @click.option("--work-dir", type=click.Path(file_okay=False), help="Scratch folder (default: a temp dir).")
 @click.option("--fingerprints", type=int, default=None,
               help="Instead: the cost of checking this many images against their entries' fingerprints "
                    "at training start (e.g. 100000).")  # fmt: skip
-def bench_cache_cmd(images: int, input_size: int, reads: int, device: str, vits: bool, work_dir: str | None,
-                    fingerprints: int | None) -> None:  # fmt: skip
-    """Stage one: precompute img/s, bytes per image per level, reader vs .npy img/s (1 process, 2 workers)."""
+def bench_cache_cmd(images: int, input_size: int, reads: int, device: str, vits: bool, vitl: bool, batch_size: int,
+                    compile_: bool, workers: int | None, work_dir: str | None, fingerprints: int | None) -> None:
+    """Stage one: estimator alone vs precompute img/s, bytes per image per level, reader vs .npy img/s."""
     from bench.bench_cache import run_bench, run_fingerprint_bench
 
     if fingerprints is not None:
         run_fingerprint_bench(images=fingerprints, work_dir=work_dir)
         return
-    run_bench(images=images, input_size=input_size, reads=reads, device=device, vits=vits, work_dir=work_dir)
+    run_bench(images=images, input_size=input_size, reads=reads, device=device, vits=vits, work_dir=work_dir,
+              vitl=vitl, batch_size=batch_size, compile=compile_, workers=workers)
 
 
 @bench_group.command("fusion")

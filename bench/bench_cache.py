@@ -1,7 +1,11 @@
 """Stage-one benchmark: `python cli.py bench cache` prints, in one run, side by side:
 
-1. precompute images/s of the `tiny` estimator (CPU by default; `--vits` adds vits at 518 with
-   random weights, meant for a GPU);
+1. for the `tiny` estimator (CPU by default; `--vits` adds vits at 518 with random weights, meant
+   for a GPU), on one device: the estimator alone (its forward on ready normalised batches of the
+   518x686-shaped frame, images/s), the end-to-end precompute rate over JPEG files (read, decode,
+   resize, network, transfer, pack, write; whole job and steady state after the first image), and
+   their ratio (target >= 0.8 on a GPU host); plus how far torchvision's JPEG decode on that
+   device is from PIL's (max pixel difference);
 2. bytes per image per stored map, for a cache with vits's shapes at 518 (64 channels; computed
    from shapes for 518x518 and 518x686 inputs, and measured on disk for 518x686) and fp16 vs int8,
    with the error int8 adds;
@@ -55,26 +59,83 @@ class VitsShaped(DepthEstimator):
         return DepthOutput(x.mean(1) + 3.0, feats)
 
 
-def _images(folder: Path, n: int, size: tuple[int, int], seed: int = 0) -> list[ImageRecord]:
+def _images(folder: Path, n: int, size: tuple[int, int], seed: int = 0, fmt: str = "jpg") -> list[ImageRecord]:
+    """Generated photos-like images (smooth colour fields plus noise), JPEG quality 90 like COCO's."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     out = []
     for i in range(n):
         h, w = size
         arr = (rng.random((h // 8, w // 8, 3)) * 255).astype(np.uint8)
-        path = folder / f"{i:05d}.png"
-        Image.fromarray(arr).resize((w, h), Image.BILINEAR).save(path)
+        img = Image.fromarray(arr).resize((w, h), Image.BILINEAR)
+        noisy = np.clip(np.asarray(img, np.int16) + rng.integers(-12, 13, (h, w, 3)), 0, 255).astype(np.uint8)
+        path = folder / f"{i:05d}.{fmt}"
+        Image.fromarray(noisy).save(path, **({"quality": 90} if fmt == "jpg" else {}))
         out.append(ImageRecord(str(i), str(path), (h, w)))
     return out
 
 
-def _precompute(records, source, root: Path, levels, dtype="fp16", device="cpu", workers=2, name=None):
-    cfg = CacheConfig(root=str(root), levels=levels, dtype=dtype, depth_stride=4, shard_size=64, batch_size=8,
-                      num_workers=workers)  # fmt: skip
-    runner = make_runner(source, 4, source.preprocess.input_size, device=device, precision="auto", batch_size=8)
+def _precompute(records, source, root: Path, levels, dtype="fp16", device="cpu", workers=None, name=None,
+                batch_size=8, compile=False):  # fmt: skip
+    cfg = CacheConfig(root=str(root), levels=levels, dtype=dtype, depth_stride=4, shard_size=64,
+                      batch_size=batch_size, num_workers=workers)  # fmt: skip
+    runner = make_runner(source, 4, source.preprocess.input_size, device=device, precision="auto",
+                         batch_size=batch_size, compile=compile)  # fmt: skip
     fields = {"estimator": name or source.name, "levels": levels, "dtype": dtype, "input_size": 518}
     result = precompute(records, runner, fields, cfg, progress=False)
     return result, CacheReader(str(root), result.key)
+
+
+def estimator_rate(source, frame: tuple[int, int], device: str, batch_size: int = 8, images: int = 256,
+                   compile: bool = False) -> float:  # fmt: skip
+    """Images/s of the estimator alone: its forward (the runner's precision, channels-last, compiled or
+    not) on a ready normalised batch already on the device, nothing else."""
+    from depth_cache.runner import run_network
+
+    runner = make_runner(source, 4, source.preprocess.input_size, device=device, precision="auto",
+                         batch_size=batch_size, compile=compile)  # fmt: skip
+    x = torch.randn(batch_size, 3, *frame, device=runner.device)
+    sync = torch.cuda.synchronize if runner.device.type == "cuda" else (lambda: None)
+    for _ in range(3):  # warm-up (and compilation)
+        run_network(runner.forward, x, runner.dtype)
+    sync()
+    steps = max(1, images // batch_size)
+    t = time.perf_counter()
+    for _ in range(steps):
+        run_network(runner.forward, x, runner.dtype)
+    sync()
+    return steps * batch_size / (time.perf_counter() - t)
+
+
+def decode_gap(records: list[ImageRecord], device: str, limit: int = 64) -> dict[str, float]:
+    """torchvision's JPEG decode on `device` (batched, as precompute does) against PIL: pixel differences."""
+    from depth_cache.decode import decode_batch, load_image
+    from depth_cache.images import decode_image
+
+    recs = records[:limit]
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else device.replace("auto", "cpu"))
+    got = decode_batch([load_image(r.path, "torchvision", defer_jpeg=True) for r in recs], dev)
+    diffs = [(g.cpu().int() - decode_image(r.path).int()).abs() for g, r in zip(got, recs, strict=True)]
+    return {"max": float(max(int(d.max()) for d in diffs)),
+            "share": float(sum(int((d > 0).sum()) for d in diffs) / sum(d.numel() for d in diffs))}
+
+
+def _throughput(figures: dict, key: str, source, records, root: Path, levels, device, name, batch_size, compile,
+                workers) -> None:  # fmt: skip
+    """Estimator alone vs end-to-end precompute, the same settings, one device."""
+    alone = estimator_rate(source, (518, 686) if key == "vits" else _frame(source), device, batch_size,
+                           images=len(records), compile=compile)  # fmt: skip
+    res, _ = _precompute(records, source, root, levels, device=device, name=name, batch_size=batch_size,
+                         compile=compile, workers=workers)  # fmt: skip
+    figures[key] = {"alone": alone, "job": res.images_per_s, "steady": res.steady_images_per_s,
+                    "startup_s": res.startup_s}  # fmt: skip
+
+
+def _frame(source) -> tuple[int, int]:
+    """The network input of a 480x640 image (4:3) for this estimator."""
+    from depth_cache.estimators.preprocess import target_size
+
+    return target_size(480, 640, source.preprocess.input_size, source.preprocess.multiple_of)
 
 
 def _shape_bytes(h: int, w: int, levels: list[str]) -> dict[str, int]:
@@ -126,26 +187,31 @@ def _rate(read, ids, workers: int) -> float:
 
 
 def run_bench(images: int = 256, input_size: int = 126, reads: int = 512, device: str = "cpu", vits: bool = False,
-              work_dir: str | None = None) -> dict:  # fmt: skip
+              work_dir: str | None = None, vitl: bool = False, batch_size: int = 8, compile: bool = False,
+              workers: int | None = None) -> dict:  # fmt: skip
     """Run every part and print one table; returns the figures."""
+    from depth_cache.decode import default_workers
     from depth_cache.estimators.depth_anything_v2 import build_depth_anything_v2, build_tiny
 
     torch.manual_seed(0)
-    if device == "cpu":  # as run_precompute does: leave the 2 decoding workers their cores
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) - 2))
+    workers = default_workers(device if device != "auto" else "cpu") if workers is None else workers
+    if device == "cpu":  # as run_precompute does: leave the decoding workers their cores
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) - workers))
     tmp = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="bench_cache_"))
     shutil.rmtree(tmp / "caches", ignore_errors=True)
-    figures: dict = {}
-    records = _images(tmp / "images", images, (240, 320))  # 4:3 like COCO -> 518x686 at 518
+    figures: dict = {"workers": workers, "batch_size": batch_size, "compile": compile}
+    records = _images(tmp / "images", images, (480, 640))  # COCO's most common size -> 518x686 at 518
 
-    # 1. precompute throughput
+    # 1. estimator alone vs precompute end to end
     tiny = build_tiny(seed=0, input_size=input_size, levels=["path_4", "path_3"])
-    res, _ = _precompute(records, tiny, tmp / "caches", ["path_4", "path_3"], device=device, name=f"tiny{input_size}")
-    figures["tiny_img_s"] = res.images_per_s
-    if vits:
-        model = build_depth_anything_v2("vits", input_size=518, levels=["path_4"])
-        res, _ = _precompute(records, model, tmp / "caches", ["path_4"], device=device, name="vits-random")
-        figures["vits_img_s"] = res.images_per_s
+    _throughput(figures, "tiny", tiny, records, tmp / "caches", ["path_4", "path_3"], device, f"tiny{input_size}",
+                batch_size, compile, workers)  # fmt: skip
+    for size, on in [("vits", vits), ("vitl", vitl)]:
+        if on:
+            model = build_depth_anything_v2(size, input_size=518, levels=["path_4"])
+            _throughput(figures, size, model, records, tmp / "caches", ["path_4"], device, f"{size}-random",
+                        batch_size, compile, workers)  # fmt: skip
+    figures["decode_gap"] = decode_gap(records, device)
 
     # 2. bytes, fp16 and int8, on vits shapes
     levels = ["path_4"]
@@ -183,10 +249,19 @@ def run_bench(images: int = 256, input_size: int = 126, reads: int = 512, device
 
 def _print(figures, info16, info8, levels, images, input_size, device) -> None:
     r = figures["reads"]
-    print(f"\n== stage-one cache benchmark ({images} images of 240x320 -> 518x686 network input; device {device}) ==")
-    print(f"precompute, tiny at {input_size} (path_4+path_3): {figures['tiny_img_s']:8.1f} img/s")
-    if "vits_img_s" in figures:
-        print(f"precompute, vits at 518 (random weights, path_4):  {figures['vits_img_s']:8.1f} img/s")
+    print(f"\n== stage-one cache benchmark ({images} JPEG images of 480x640; device {device}, batch "
+          f"{figures['batch_size']}, {figures['workers']} loader workers, compile {figures['compile']}) ==")
+    print(f"{'estimator (img/s)':<44}{'alone':>9}{'precompute':>12}{'ratio':>7}{'steady':>9}{'ratio':>7}{'start s':>9}")
+    labels = {"tiny": f"tiny at {input_size} (path_4+path_3)", "vits": "vits at 518 (518x686, random, path_4)",
+              "vitl": "vitl at 518 (518x686, random, path_4)"}
+    for key, label in labels.items():
+        if key in figures:
+            f = figures[key]
+            print(f"{label:<44}{f['alone']:>9.1f}{f['job']:>12.1f}{f['job'] / f['alone']:>7.2f}"
+                  f"{f['steady']:>9.1f}{f['steady'] / f['alone']:>7.2f}{f['startup_s']:>9.1f}")
+    gap = figures["decode_gap"]
+    print(f"JPEG decode, torchvision on {device} vs PIL: max |difference| {gap['max']:.0f} levels, "
+          f"{gap['share']:.2%} of values differ")
     sq, coco = _shape_bytes(518, 518, ["path_4", "path_3"]), _shape_bytes(518, 686, ["path_4", "path_3"])
     print("\nbytes per image (vits, 64 channels; depth at input/4)")
     head = ["518x518 fp16", "518x686 fp16", "stored fp16", "stored int8", "int8 err"]

@@ -61,13 +61,9 @@ def run_network(estimator: Callable, x: torch.Tensor, dtype: torch.dtype) -> tup
 def prepare_images(images: torch.Tensor, frame: tuple[int, int], estimator: DepthEstimator) -> torch.Tensor:
     """(B, 3, H, W) uint8 or [0, 1] float -> (B, 3, *frame) normalised network input (bicubic on floats,
     as the official preprocessing; see estimators/preprocess.py)."""
-    x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
-    if tuple(x.shape[-2:]) != tuple(frame):
-        x = F.interpolate(x, size=tuple(frame), mode="bicubic", align_corners=False, antialias=False)
-    pre = estimator.preprocess
-    mean = torch.tensor(pre.mean, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(pre.std, device=x.device).view(1, 3, 1, 1)
-    return (x - mean) / std
+    from depth_cache.estimators.preprocess import prepare_batch
+
+    return prepare_batch(images, frame, estimator.preprocess)
 
 
 def check_size(record: ImageRecord, img: torch.Tensor) -> None:

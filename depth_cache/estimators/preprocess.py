@@ -57,19 +57,30 @@ def preprocess_images(images: torch.Tensor, pre: Preprocess) -> tuple[torch.Tens
         images = images.unsqueeze(0)
     if images.dim() != 4 or images.shape[1] != 3:
         raise ValueError(f"expected RGB images (B, 3, h, w) or (3, h, w), got shape {tuple(images.shape)}")
-    if images.dtype == torch.uint8:
-        x = images.float() / 255.0
-    elif images.is_floating_point():
-        x = images.float()
-    else:
+    if not (images.dtype == torch.uint8 or images.is_floating_point()):
         raise TypeError(f"images must be uint8 or floating point, got {images.dtype}")
     h, w = images.shape[-2:]
     size = target_size(h, w, pre.input_size, pre.multiple_of)
-    if size != (h, w):
-        x = F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=False)
+    return prepare_batch(images, size, pre), ResizeGeometry(orig_size=(int(h), int(w)), size=size)
+
+
+def prepare_batch(images: torch.Tensor, size: tuple[int, int], pre: Preprocess) -> torch.Tensor:
+    """`(B, 3, h, w)` uint8 (or float in [0, 1]) on any device -> `(B, 3, *size)` normalised float32.
+
+    The official numerics (/255 in float32, bicubic on the float image, ImageNet normalisation), run
+    where the images are: the precompute job calls it on the estimator's device, batched per original
+    size. Batching changes nothing (each image is interpolated alone; tests/depth_cache/test_decode.py).
+    On a GPU, CUDA's bicubic kernel may round differently from the CPU's in float32 (not yet measured
+    on a GPU); the depth-cache tests check the CPU path against the official pipeline."""
+    if images.dtype == torch.uint8:
+        x = images.to(torch.float32).div_(255.0)  # in place on the fresh copy: one full-size buffer, not two
+    else:
+        x = images.float()
+    if tuple(x.shape[-2:]) != tuple(size):
+        x = F.interpolate(x, size=tuple(size), mode="bicubic", align_corners=False, antialias=False)
     mean = torch.tensor(pre.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(pre.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    return (x - mean) / std, ResizeGeometry(orig_size=(int(h), int(w)), size=size)
+    return (x - mean) / std
 
 
 def postprocess_depth(depth: torch.Tensor, orig_size: tuple[int, int]) -> torch.Tensor:

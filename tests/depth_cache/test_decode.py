@@ -150,3 +150,16 @@ def test_unknown_decoder_is_refused(tmp_path):
     _photo(10, 10, 0).save(p)
     with pytest.raises(ValueError, match="unknown image decoder"):
         load_image(str(p), "cv2")
+
+
+def test_network_input_batched_per_size_equals_one_image_at_a_time():
+    from depth_cache.runner import prepare_images
+
+    est = FakeEstimator(input_size=28)
+    runner = make_runner(est, 2, 28, device="cpu", precision="fp32")
+    g = torch.Generator().manual_seed(1)
+    images = [torch.randint(0, 256, size, generator=g, dtype=torch.uint8) for size in
+              [(3, 40, 60), (3, 41, 59), (3, 40, 60), (3, 40, 60)]]  # fmt: skip
+    batched = runner._inputs(images, (28, 42))
+    alone = torch.cat([prepare_images(img[None], (28, 42), est) for img in images])
+    assert batched.shape == (4, 3, 28, 42) and torch.equal(batched, alone)
