@@ -127,13 +127,16 @@ def run_bench(steps: int = 20, warmup: int = 3, image_size: int = 128, batch_siz
 
 def run_semi_bench(steps: int = 10, warmup: int = 3, image_size: int = 128, batch_size: int = 8,
                    estimator: str = "tiny", weights: str | None = None, input_size: int = 126,
-                   device: str = "auto", work_dir: str | None = None, workers: int = 2) -> dict[str, float]:
-    """Stage-B step breakdown of the teacher-student loop (labelled and unlabelled batches of `batch_size`)."""
+                   device: str = "auto", work_dir: str | None = None, workers: int = 2,
+                   teacher_iters: int = 2) -> dict[str, float]:  # fmt: skip
+    """Stage-B step breakdown of the teacher-student loop (labelled and unlabelled batches of `batch_size`).
+
+    The teacher trains `teacher_iters` steps first: a barely trained one finds few pseudo-labels
+    (the printed count says how busy the pseudo-label and matching parts were)."""
     from pipeline.config_io import load_config
     from pipeline.semi.trainer import train_semi
 
     root = Path(work_dir or tempfile.mkdtemp(prefix="bench_step_"))
-    teacher_iters = 2
     base = _setup(root, image_size, batch_size, estimator, weights, input_size, device, workers,
                   teacher_iters + warmup + steps)
     unl = root / "splits/train_25pct_seed0_unlabeled.json"
@@ -151,6 +154,9 @@ def run_semi_bench(steps: int = 10, warmup: int = 3, image_size: int = 128, batc
             f.unlink()
     train_semi(load_config(None, base + [f"train.output_dir={run}"]))
     parts = _parts_per_step(run, teacher_iters + warmup)
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    timed = [r for r in rows if r.get("iter", 0) > teacher_iters + warmup and "pseudo/rgb_per_image" in r]
+    parts["pseudo_per_image"] = sum(r["pseudo/rgb_per_image"] for r in timed) / max(1, len(timed))
     _print_parts(parts, batch_size, image_size, estimator, input_size, steps, warmup, workers)
     return parts
 
@@ -169,5 +175,6 @@ def _print_parts(parts, batch_size, image_size, estimator, input_size, steps, wa
     other = step - sum(t for _, t in rows)
     print(f"{'other (logging, batch to device)':<34}{other:>10.4f}{other / step:>8.1%}")
     print(f"{'step':<34}{step:>10.4f}{1:>8.1%}")
+    print(f"RGB pseudo-labels per unlabelled image (timed steps): {parts['pseudo_per_image']:.1f}")
     host = sum(parts.get(p, 0.0) for p in HOST_PARTS)
     print(f"host-side parts ({', '.join(HOST_PARTS)}): {host:.4f} s/step = {host / step:.1%} of the step")

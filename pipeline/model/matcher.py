@@ -127,9 +127,9 @@ class HungarianMatcher(nn.Module):
         cost_class = -prob.gather(2, labels[:, None, :].expand(B, Q, n_max))
         pred_points = point_sample(masks, points)  # (B, Q, P): the Q maps of image b read at b's points
         num_p = pred_points.shape[-1]
-        bce = nn.functional.binary_cross_entropy_with_logits
-        pos = bce(pred_points, torch.ones_like(pred_points), reduction="none")
-        neg = bce(pred_points, torch.zeros_like(pred_points), reduction="none")
+        # BCE with logits against 1 and against 0 is softplus(-x) and softplus(x): no target tensors
+        pos = nn.functional.softplus(-pred_points)
+        neg = nn.functional.softplus(pred_points)
         t_tr = tgt_points.transpose(1, 2)  # (B, P, N_max)
         cost_mask = (pos @ t_tr + neg @ (1 - t_tr)) / num_p
         prob_m = pred_points.sigmoid()

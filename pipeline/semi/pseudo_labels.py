@@ -102,6 +102,42 @@ def make_pseudo_labels(
     return results
 
 
+def per_image_pseudo_labels(
+    outputs: Mapping[str, Tensor],
+    image_size: tuple[int, int],
+    valid: Optional[Tensor] = None,
+    *,
+    score_threshold: float = 0.7,
+    mask_threshold: float = 0.5,
+    min_mask_area: int = 5,
+    dedup_iou: Optional[float] = 0.9,
+) -> list[dict[str, Tensor]]:
+    """`make_pseudo_labels` one image at a time (the form before the batch was vectorised), kept as
+    the reference the batched filter is tested against and the baseline `bench.bench_host_parts` times."""
+    logits, mask_logits = outputs["pred_logits"], outputs["pred_masks"]
+    num_classes = logits.shape[-1] - 1
+    prob = logits.detach().float().softmax(-1)
+    scores, labels = prob[..., :num_classes].max(-1)
+    keep = (prob.argmax(-1) != num_classes) & (scores > score_threshold)
+    H, W = int(image_size[0]), int(image_size[1])
+    results = []
+    for b in range(logits.shape[0]):
+        idx = keep[b].nonzero().squeeze(1)
+        masks = _binary_masks(mask_logits[b, idx], (H, W), mask_threshold)
+        if valid is not None:
+            masks &= valid[b].to(torch.bool)
+        big = masks.flatten(1).sum(1) >= min_mask_area
+        idx, masks = idx[big], masks[big]
+        s = scores[b, idx]
+        order = s.argsort(descending=True, stable=True)
+        idx, masks, s = idx[order], masks[order], s[order]
+        if dedup_iou is not None and len(idx) > 1:
+            kept = _dedup(masks, dedup_iou)
+            idx, masks, s = idx[kept], masks[kept], s[kept]
+        results.append({"labels": labels[b, idx].to(torch.int64), "masks": masks, "scores": s.to(torch.float32)})
+    return results
+
+
 # interpolate at most this many float elements per call: the kept masks of a whole batch at 512 px
 # could otherwise need gigabytes at once
 _CHUNK_ELEMENTS = 1 << 26

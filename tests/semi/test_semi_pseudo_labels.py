@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pipeline.config import SemiConfig
-from pipeline.semi.pseudo_labels import PseudoLabeler, make_pseudo_labels, mask_iou
+from pipeline.semi.pseudo_labels import PseudoLabeler, make_pseudo_labels, mask_iou, per_image_pseudo_labels
 
 H = W = 8  # canvas; mask logits come at H/2 x W/2
 BIG = 10.0
@@ -158,39 +158,6 @@ def test_labeler_from_config():
     assert res["labels"].tolist() == [1]
 
 
-def _per_image_reference(outputs, image_size, valid, score_threshold, mask_threshold, min_mask_area, dedup_iou):
-    """The per-image filtering as it was before the batch was vectorised (the reference)."""
-    import torch.nn.functional as F
-
-    logits, mask_logits = outputs["pred_logits"], outputs["pred_masks"]
-    k = logits.shape[-1] - 1
-    prob = logits.float().softmax(-1)
-    scores, labels = prob[..., :k].max(-1)
-    keep = (prob.argmax(-1) != k) & (scores > score_threshold)
-    out = []
-    for b in range(logits.shape[0]):
-        idx = keep[b].nonzero().squeeze(1)
-        up = (F.interpolate(mask_logits[b, idx].float()[None], size=image_size, mode="bilinear",
-                            align_corners=False)[0] if len(idx) else torch.zeros(0, *image_size))
-        masks = up > math.log(mask_threshold / (1.0 - mask_threshold))
-        if valid is not None:
-            masks &= valid[b]
-        big = masks.flatten(1).sum(1) >= min_mask_area
-        idx, masks = idx[big], masks[big]
-        s = scores[b, idx]
-        order = s.argsort(descending=True, stable=True)
-        idx, masks, s = idx[order], masks[order], s[order]
-        if dedup_iou is not None and len(idx) > 1:
-            iou = mask_iou(masks, masks)
-            kept = []
-            for i in range(len(idx)):
-                if all(iou[i, j] <= dedup_iou for j in kept):
-                    kept.append(i)
-            idx, masks, s = idx[kept], masks[kept], s[kept]
-        out.append({"labels": labels[b, idx], "masks": masks, "scores": s})
-    return out
-
-
 @pytest.mark.parametrize("dedup", [0.5, None])
 def test_batched_filtering_equals_the_per_image_reference(dedup):
     g = torch.Generator().manual_seed(7)
@@ -205,7 +172,7 @@ def test_batched_filtering_equals_the_per_image_reference(dedup):
     kw = dict(score_threshold=0.4, mask_threshold=0.5, min_mask_area=6, dedup_iou=dedup)
     outputs = {"pred_logits": logits, "pred_masks": low}
     got = make_pseudo_labels(outputs, size, valid, **kw)
-    want = _per_image_reference(outputs, size, valid, **kw)
+    want = per_image_pseudo_labels(outputs, size, valid, **kw)
     assert sum(len(r["labels"]) for r in want) > 5 and len(want[3]["labels"]) == 0
     for r, w in zip(got, want, strict=True):
         assert r["labels"].tolist() == w["labels"].tolist()
