@@ -163,3 +163,22 @@ def test_network_input_batched_per_size_equals_one_image_at_a_time():
     batched = runner._inputs(images, (28, 42))
     alone = torch.cat([prepare_images(img[None], (28, 42), est) for img in images])
     assert batched.shape == (4, 3, 28, 42) and torch.equal(batched, alone)
+
+
+@pytest.mark.slow
+def test_compiled_estimator_stores_the_eager_values(tmp_path):
+    """`depth.estimator.compile`: the same cache as eager, to float rounding (compiling takes ~1 min on 2 cores)."""
+    records = records_from_json(make_images(tmp_path / "img", SIZES[:4]), tmp_path / "img")
+    readers = {}
+    for name, compile_ in [("eager", False), ("compiled", True)]:
+        cfg = cache_cfg(tmp_path / name)
+        runner = make_runner(FakeEstimator(), cfg.depth_stride, 28, device="cpu", precision="fp32",
+                             batch_size=cfg.batch_size, compile=compile_)
+        res = precompute(records, runner, fake_fields(), cfg, progress=False)
+        assert res.computed == len(records) and runner.compiled == compile_
+        readers[name] = CacheReader(cfg.root, res.key)
+    for r in records:
+        a, b = readers["compiled"].get(r.id), readers["eager"].get(r.id)
+        torch.testing.assert_close(a.depth, b.depth, rtol=1e-3, atol=1e-3)
+        for k in b.features:
+            torch.testing.assert_close(a.features[k], b.features[k], rtol=1e-3, atol=1e-3)
