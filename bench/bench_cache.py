@@ -4,8 +4,9 @@
    for a GPU), on one device: the estimator alone (its forward on ready normalised batches of the
    518x686-shaped frame, images/s), the end-to-end precompute rate over JPEG files (read, decode,
    resize, network, transfer, pack, write; whole job and steady state after the first image), and
-   their ratio (target >= 0.8 on a GPU host); plus how far torchvision's JPEG decode on that
-   device is from PIL's (max pixel difference);
+   their ratio (target >= 0.8 on a GPU host), and the same job with every image decoded by PIL
+   in the workers (`depth.cache.decode: pil`, the path before GPU decoding) as the baseline; plus
+   how far torchvision's JPEG decode on that device is from PIL's (max pixel difference);
 2. bytes per image per stored map, for a cache with vits's shapes at 518 (64 channels; computed
    from shapes for 518x518 and 518x686 inputs, and measured on disk for 518x686) and fp16 vs int8,
    with the error int8 adds;
@@ -76,11 +77,11 @@ def _images(folder: Path, n: int, size: tuple[int, int], seed: int = 0, fmt: str
 
 
 def _precompute(records, source, root: Path, levels, dtype="fp16", device="cpu", workers=None, name=None,
-                batch_size=8, compile=False):  # fmt: skip
+                batch_size=8, compile=False, decoder="torchvision"):  # fmt: skip
     cfg = CacheConfig(root=str(root), levels=levels, dtype=dtype, depth_stride=4, shard_size=64,
-                      batch_size=batch_size, num_workers=workers)  # fmt: skip
+                      batch_size=batch_size, num_workers=workers, decode=decoder)  # fmt: skip
     runner = make_runner(source, 4, source.preprocess.input_size, device=device, precision="auto",
-                         batch_size=batch_size, compile=compile)  # fmt: skip
+                         batch_size=batch_size, compile=compile, decoder=decoder)  # fmt: skip
     fields = {"estimator": name or source.name, "levels": levels, "dtype": dtype, "input_size": 518}
     result = precompute(records, runner, fields, cfg, progress=False)
     return result, CacheReader(str(root), result.key)
@@ -127,8 +128,11 @@ def _throughput(figures: dict, key: str, source, records, root: Path, levels, de
                            images=len(records), compile=compile)  # fmt: skip
     res, _ = _precompute(records, source, root, levels, device=device, name=name, batch_size=batch_size,
                          compile=compile, workers=workers)  # fmt: skip
+    # the same job with every image through PIL in the workers (the path before GPU decoding), its own root
+    pil, _ = _precompute(records, source, root.parent / f"{root.name}_pil", levels, device=device, name=name,
+                         batch_size=batch_size, compile=compile, workers=workers, decoder="pil")  # fmt: skip
     figures[key] = {"alone": alone, "job": res.images_per_s, "steady": res.steady_images_per_s,
-                    "startup_s": res.startup_s}  # fmt: skip
+                    "startup_s": res.startup_s, "job_pil": pil.images_per_s}  # fmt: skip
 
 
 def _frame(source) -> tuple[int, int]:
@@ -199,6 +203,7 @@ def run_bench(images: int = 256, input_size: int = 126, reads: int = 512, device
         torch.set_num_threads(max(1, (os.cpu_count() or 1) - workers))
     tmp = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="bench_cache_"))
     shutil.rmtree(tmp / "caches", ignore_errors=True)
+    shutil.rmtree(tmp / "caches_pil", ignore_errors=True)
     figures: dict = {"workers": workers, "batch_size": batch_size, "compile": compile}
     records = _images(tmp / "images", images, (480, 640))  # COCO's most common size -> 518x686 at 518
 
@@ -251,14 +256,16 @@ def _print(figures, info16, info8, levels, images, input_size, device) -> None:
     r = figures["reads"]
     print(f"\n== stage-one cache benchmark ({images} JPEG images of 480x640; device {device}, batch "
           f"{figures['batch_size']}, {figures['workers']} loader workers, compile {figures['compile']}) ==")
-    print(f"{'estimator (img/s)':<44}{'alone':>9}{'precompute':>12}{'ratio':>7}{'steady':>9}{'ratio':>7}{'start s':>9}")
+    print(f"{'estimator (img/s)':<44}{'alone':>9}{'precompute':>12}{'ratio':>7}{'steady':>9}{'ratio':>7}"
+          f"{'start s':>9}{'PIL decode':>12}{'ratio':>7}")
     labels = {"tiny": f"tiny at {input_size} (path_4+path_3)", "vits": "vits at 518 (518x686, random, path_4)",
               "vitl": "vitl at 518 (518x686, random, path_4)"}
     for key, label in labels.items():
         if key in figures:
             f = figures[key]
             print(f"{label:<44}{f['alone']:>9.1f}{f['job']:>12.1f}{f['job'] / f['alone']:>7.2f}"
-                  f"{f['steady']:>9.1f}{f['steady'] / f['alone']:>7.2f}{f['startup_s']:>9.1f}")
+                  f"{f['steady']:>9.1f}{f['steady'] / f['alone']:>7.2f}{f['startup_s']:>9.1f}"
+                  f"{f['job_pil']:>12.1f}{f['job_pil'] / f['alone']:>7.2f}")
     gap = figures["decode_gap"]
     print(f"JPEG decode, torchvision on {device} vs PIL: max |difference| {gap['max']:.0f} levels, "
           f"{gap['share']:.2%} of values differ")
