@@ -198,7 +198,9 @@ def run_bench(images: int = 256, input_size: int = 126, reads: int = 512, device
     from depth_cache.estimators.depth_anything_v2 import build_depth_anything_v2, build_tiny
 
     torch.manual_seed(0)
-    workers = default_workers(device if device != "auto" else "cpu") if workers is None else workers
+    from depth_cache.runner import resolve_device
+
+    workers = default_workers(resolve_device(device)) if workers is None else workers
     if device == "cpu":  # as run_precompute does: leave the decoding workers their cores
         torch.set_num_threads(max(1, (os.cpu_count() or 1) - workers))
     tmp = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="bench_cache_"))
