@@ -57,7 +57,7 @@ def _parts_per_step(run_dir: Path, start: int) -> dict[str, float]:
 
 
 def _setup(root: Path, image_size: int, batch_size: int, estimator: str, weights: str | None, input_size: int,
-           device: str, workers: int, steps: int) -> list[str]:  # fmt: skip
+           device: str, workers: int, steps: int, backbone: str = "resnet18") -> list[str]:  # fmt: skip
     """Generated data, splits and config overrides shared by both modes."""
     from pipeline.data.splits import make_splits
     from pipeline.data.synthetic import generate_dataset
@@ -80,7 +80,7 @@ def _setup(root: Path, image_size: int, batch_size: int, estimator: str, weights
     ]
     if weights:
         base.append(f"depth.estimator.weights={weights}")
-    return base
+    return base + [f"model.backbone={backbone}"]
 
 
 def _precompute(base: list[str], extra_lists: list[str] = ()) -> None:
@@ -97,12 +97,14 @@ def _precompute(base: list[str], extra_lists: list[str] = ()) -> None:
 
 def run_bench(steps: int = 20, warmup: int = 3, image_size: int = 128, batch_size: int = 8,
               estimator: str = "tiny", weights: str | None = None, input_size: int = 126,
-              device: str = "auto", work_dir: str | None = None, workers: int = 2) -> dict[str, float]:
+              device: str = "auto", work_dir: str | None = None, workers: int = 2,
+              backbone: str = "resnet18") -> dict[str, float]:  # fmt: skip
     from pipeline.config_io import load_config
     from pipeline.engine.trainer import train_supervised
 
     root = Path(work_dir or tempfile.mkdtemp(prefix="bench_step_"))
-    base = _setup(root, image_size, batch_size, estimator, weights, input_size, device, workers, warmup + steps)
+    base = _setup(root, image_size, batch_size, estimator, weights, input_size, device, workers, warmup + steps,
+                  backbone)
     _precompute(base)
     modes = {
         "none": ["depth.mode=none", "model.depth_fusion.enabled=false"],
@@ -128,7 +130,7 @@ def run_bench(steps: int = 20, warmup: int = 3, image_size: int = 128, batch_siz
 def run_semi_bench(steps: int = 10, warmup: int = 3, image_size: int = 128, batch_size: int = 8,
                    estimator: str = "tiny", weights: str | None = None, input_size: int = 126,
                    device: str = "auto", work_dir: str | None = None, workers: int = 2,
-                   teacher_iters: int = 2) -> dict[str, float]:  # fmt: skip
+                   teacher_iters: int = 2, backbone: str = "resnet18") -> dict[str, float]:  # fmt: skip
     """Stage-B step breakdown of the teacher-student loop (labelled and unlabelled batches of `batch_size`).
 
     The teacher trains `teacher_iters` steps first: a barely trained one finds few pseudo-labels
@@ -138,7 +140,7 @@ def run_semi_bench(steps: int = 10, warmup: int = 3, image_size: int = 128, batc
 
     root = Path(work_dir or tempfile.mkdtemp(prefix="bench_step_"))
     base = _setup(root, image_size, batch_size, estimator, weights, input_size, device, workers,
-                  teacher_iters + warmup + steps)
+                  teacher_iters + warmup + steps, backbone)
     unl = root / "splits/train_25pct_seed0_unlabeled.json"
     base = [o for o in base if not o.startswith(("data.train_json=", "data.unlabeled_list="))] + [
         f"data.train_json={root}/splits/train_25pct_seed0_labeled.json", f"data.unlabeled_list={unl}",
