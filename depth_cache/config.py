@@ -75,7 +75,8 @@ class CacheConfig:
         "torchvision",
         help="JPEG decoder: torchvision (batched on the GPU when the estimator runs on CUDA, in the workers on a "
              "CPU; other formats via PIL) or pil (every image via PIL)")
-    writer_threads: int = _setting(2, range="[1, inf)", help="threads packing and writing finished shards")
+    writer_threads: int = _setting(
+        2, range="[1, inf)", help="threads packing and writing finished shards (each holds one shard's maps in memory)")
     # a network is not flip-equivariant, so flipping the cached maps only approximates them; costs
     # 2x precompute time and bytes. Network sources only (a flip of `files` maps is exact).
     flip_views: bool = _setting(
