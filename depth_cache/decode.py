@@ -6,7 +6,8 @@ Two paths, chosen by `depth.cache.decode`:
   the file's bytes (`EncodedImage`) and the main process decodes a whole batch on the GPU in one
   call (nvjpeg), so decoding neither needs host cores nor a host-to-device copy of pixels. On a
   CPU the workers decode with torchvision (libjpeg-turbo). PNG and every other format, and any
-  JPEG that torchvision refuses (e.g. a truncated file, a flavour nvjpeg lacks), go through PIL.
+  JPEG that torchvision refuses (e.g. a truncated file, a flavour nvjpeg lacks) or that carries an
+  EXIF rotation (the one decoder, `images.decode_rgb`, applies it; nvjpeg does not), go through PIL.
 - `pil`: every image through PIL in the workers (the reference path).
 
 Agreement of the two paths: on a CPU, `decode_jpeg` and PIL (both libjpeg-turbo, islow IDCT,
@@ -28,7 +29,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from depth_cache.images import decode_image
+from depth_cache.images import decode_image, to_rgb_array
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 DECODERS = ("torchvision", "pil")
@@ -58,10 +59,19 @@ def decode_pil_bytes(data: bytes, path: str) -> torch.Tensor:
     """(3, H, W) uint8 RGB by PIL, exactly as `images.decode_image` decodes the file."""
     try:
         with Image.open(io.BytesIO(data)) as im:
-            arr = np.asarray(im.convert("RGB"))
+            arr = np.array(to_rgb_array(im, path), copy=True)
     except Exception as err:  # PIL raises many types for corrupt files
         raise OSError(f"{path}: cannot decode image ({type(err).__name__}: {err})") from err
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+
+
+def _plain_orientation(data: bytes) -> bool:
+    """Whether the JPEG needs no EXIF rotation (nvjpeg ignores EXIF; `images.decode_rgb` applies it)."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:  # header only
+            return im.getexif().get(0x0112, 1) in (0, 1)
+    except Exception:  # unreadable header: torchvision tries, then PIL names the error
+        return True
 
 
 def _decode_jpeg(data: torch.Tensor | list[torch.Tensor], device: torch.device | str):
@@ -80,7 +90,7 @@ def load_image(path: str, decoder: str = "torchvision", defer_jpeg: bool = False
     if decoder == "pil":
         return decode_image(path)
     data = read_file(path)
-    if not is_jpeg(data):
+    if not is_jpeg(data) or not _plain_orientation(data):
         return decode_pil_bytes(data, path)
     if defer_jpeg:
         return EncodedImage(torch.frombuffer(bytearray(data), dtype=torch.uint8), path)

@@ -182,3 +182,14 @@ def test_compiled_estimator_stores_the_eager_values(tmp_path):
         torch.testing.assert_close(a.depth, b.depth, rtol=1e-3, atol=1e-3)
         for k in b.features:
             torch.testing.assert_close(a.features[k], b.features[k], rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("defer", [False, True])
+def test_exif_rotated_jpeg_is_decoded_upright_like_the_pil_path(tmp_path, defer):
+    path = tmp_path / "rotated.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    _photo(30, 50, 4).save(path, quality=90, exif=exif)
+    img = load_image(str(path), "torchvision", defer_jpeg=defer)
+    assert isinstance(img, torch.Tensor)  # PIL's path, also when the GPU would decode the others
+    assert img.shape == (3, 50, 30) and torch.equal(img, decode_image(str(path)))
