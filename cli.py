@@ -513,5 +513,33 @@ def bench_step_cmd(steps: int, image_size: int, batch_size: int, estimator: str,
     else:
         run_bench(**kw)
 
+
+@bench_group.command("anchor", context_settings={"ignore_unknown_options": False})
+@click.option("--config", type=click.Path(exists=True, dir_okay=False), help=CONFIG_HELP)
+@click.option("--iters", type=int, help="Training iterations of every run (default: the config's train.max_iter).")
+@click.option("--batch-size", type=int, help="Images per step of every run (default: the config's train.batch_size).")
+@click.option("--modes", default="rgb,depth,rgbd", show_default=True,
+              help="Mask R-CNN input modes, comma-separated: rgb, depth, rgbd (RGB + depth as a 4th channel).")
+@click.option("--project/--no-project", default=True, show_default=True,
+              help="Also train and evaluate the project's model (supervised, the config's Depth Fusion setting).")
+@click.option("--norm", type=click.Choice(["bn", "frozen"]), default="bn", show_default=True,
+              help="Mask R-CNN backbone norm: BatchNorm2d, or torchvision's FrozenBatchNorm2d (identity at init).")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--out", "out_dir", default="runs/bench_anchor", show_default=True, type=click.Path(file_okay=False),
+              help="Where every run's output goes (must be empty or absent).")
+@click.argument("overrides", nargs=-1)
+def bench_anchor_cmd(config: str | None, iters: int | None, batch_size: int | None, modes: str, project: bool,
+                     norm: str, device: str, out_dir: str, overrides: tuple[str, ...]) -> None:
+    """Mask R-CNN anchor (RGB, depth, RGB + depth) beside the project's model: mask AP and wall time, one table."""
+    from bench.bench_anchor import parse_modes, run_bench
+
+    cfg = _load(config, overrides)
+    try:
+        run_bench(cfg, iters=iters, batch_size=batch_size, modes=tuple(parse_modes(modes)), project=project,
+                  device=device, out_dir=out_dir, norm=norm)
+    except (*_user_errors(), FileExistsError) as err:
+        raise click.ClickException(_message(err)) from err
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,0 +1,143 @@
+"""Side by side: torchvision's Mask R-CNN anchor (RGB, depth, RGB + depth) and the project's model.
+
+`python cli.py bench anchor --config C [--iters N] [--batch-size B] [--modes rgb,depth,rgbd]
+[--project/--no-project] [a.b=c ...]`: every run uses the config's labelled data
+(`data.train_json`), its val split and its depth cache, the same number of iterations and batch
+size (the config's `train.max_iter` / `train.batch_size` unless given), and is scored by the
+project's COCO mask AP evaluator. The project's run is its real supervised trainer
+(`pipeline.engine.trainer.train` on a copy of the config with `semi.enabled=false`), so Depth
+Fusion is on when the config enables it. Wall time is the whole run: building data and model,
+training, and one evaluation of the val split; s/it is the training loop alone.
+Writes every run's output under `--out` and the table as `anchor_bench.json`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from pipeline.baselines.adapter import needs_depth
+from pipeline.baselines.maskrcnn import check_mode
+from pipeline.config import Config
+from pipeline.engine.distributed import pick_device
+
+MODE_LABELS = {"rgb": "Mask R-CNN R18-FPN, RGB", "depth": "Mask R-CNN R18-FPN, depth",
+               "rgbd": "Mask R-CNN R18-FPN, RGB + depth (4 ch)"}  # fmt: skip
+
+
+def parse_modes(text: str) -> list[str]:
+    modes = [m.strip() for m in text.split(",") if m.strip()]
+    for m in modes:
+        check_mode(m)
+    if len(set(modes)) != len(modes):
+        raise ValueError(f"--modes lists a mode twice: {text!r}")
+    return modes
+
+
+def project_config(cfg: Config, iters: int, batch_size: int, device: str, out_dir: Path) -> Config:
+    """A copy of `cfg` for the project's supervised run at the bench's budget, output under `out_dir`."""
+    p = copy.deepcopy(cfg)
+    p.semi.enabled = False
+    p.train.max_iter, p.train.batch_size, p.train.device = iters, batch_size, device
+    p.train.output_dir = str(out_dir)
+    p.train.eval_period = 0  # one evaluation, at the last step, like the anchor's
+    p.train.checkpoint_period = 0  # one checkpoint, at the last step
+    return p
+
+
+def run_project(cfg: Config) -> dict:
+    """Train the project's model on `cfg` (supervised) and return its row."""
+    from pipeline.engine.trainer import train
+    from pipeline.evaluation import save_metrics
+
+    t0 = time.perf_counter()
+    metrics = train(cfg)
+    wall = time.perf_counter() - t0
+    out = Path(cfg.train.output_dir)
+    save_metrics(metrics, out / "metrics.json")
+    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    loop_s = max((r["time"] for r in logged if "time" in r), default=float("nan"))
+    fusion = "+ Depth Fusion" if cfg.model.depth_fusion.enabled else "RGB"
+    return {"method": f"project: Mask2Former {cfg.model.backbone}, supervised {fusion}", "iters": cfg.train.max_iter,
+            "batch": cfg.train.batch_size, "AP": metrics.get("AP", float("nan")),
+            "AP50": metrics.get("AP50", float("nan")), "s_per_it": loop_s / cfg.train.max_iter, "wall_s": wall,
+            "out": str(out)}  # fmt: skip
+
+
+def run_anchor(cfg: Config, mode: str, reader, iters: int, batch_size: int, device: torch.device, out_dir: Path,
+               norm: str) -> dict:  # fmt: skip
+    from pipeline.baselines.loop import train_anchor
+
+    t0 = time.perf_counter()
+    run = train_anchor(cfg, mode, reader if needs_depth(mode) else None, iters, batch_size, device, out_dir, norm)
+    wall = time.perf_counter() - t0
+    label = MODE_LABELS[mode] + ("" if norm == "bn" else f", {norm} BN")
+    return {"method": label, "iters": iters, "batch": batch_size, "AP": run.metrics.get("AP", float("nan")),
+            "AP50": run.metrics.get("AP50", float("nan")), "s_per_it": run.train_s / iters, "wall_s": wall,
+            "out": str(out_dir)}  # fmt: skip
+
+
+def _ratio(a: float, b: float) -> str:
+    if not (math.isfinite(a) and math.isfinite(b)) or b == 0:
+        return "-"
+    return f"{a / b:.2f}"
+
+
+def format_table(rows: list[dict], reference: int) -> str:
+    """The rows as a Markdown table; ratios are each row's AP and wall time over row `reference`'s."""
+    ref = rows[reference]
+    head = (f"| method | iters | batch | mask AP | AP50 | s/it | wall time | AP / {ref['method'].split(':')[0]} "
+            f"| time / {ref['method'].split(':')[0]} |")
+    lines = [head, "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['method']} | {r['iters']} | {r['batch']} | {r['AP']:.2f} | {r['AP50']:.2f} "
+                     f"| {r['s_per_it']:.3f} | {r['wall_s'] / 60:.1f} min | {_ratio(r['AP'], ref['AP'])} "
+                     f"| {_ratio(r['wall_s'], ref['wall_s'])} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def run_bench(cfg: Config, iters: Optional[int] = None, batch_size: Optional[int] = None,
+              modes: tuple[str, ...] = ("rgb", "depth", "rgbd"), project: bool = True, device: str = "cpu",
+              out_dir: str | Path = "runs/bench_anchor", norm: str = "bn") -> list[dict]:  # fmt: skip
+    """Run the anchors (and the project's model), print the table, write `anchor_bench.json`; returns the rows."""
+    iters = cfg.train.max_iter if iters is None else iters
+    batch_size = cfg.train.batch_size if batch_size is None else batch_size
+    if not modes and not project:
+        raise ValueError("bench anchor: nothing to run (no --modes and --no-project)")
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"bench anchor: {out} is not empty (it holds an earlier bench's runs); "
+                              "remove it or pass another --out")  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    dev = pick_device(device)
+    reader = None
+    if any(needs_depth(m) for m in modes):
+        from depth_cache.reader import open_cache
+
+        reader = open_cache(cfg.depth.cache.root, cfg.depth.estimator, cfg.depth.cache)
+    rows: list[dict] = []
+    threads = torch.get_num_threads()
+
+    def record(row: dict) -> None:  # each finished run is kept, even if a later one fails or is stopped
+        rows.append(row)
+        (out / "anchor_bench.json").write_text(json.dumps({"rows": rows, "device": str(dev), "threads": threads},
+                                                          indent=1))  # fmt: skip
+
+    if project:
+        record(run_project(project_config(cfg, iters, batch_size, device, out / "project")))
+    for mode in modes:
+        record(run_anchor(cfg, mode, reader, iters, batch_size, dev, out / f"anchor_{mode}", norm))
+    print(f"\nbench anchor: {iters} iterations, batch {batch_size}, {cfg.data.image_size} px, train "
+          f"{cfg.data.train_json}, val {cfg.data.val_json}; device {dev} ({threads} threads); "
+          "wall time = build + train + one val evaluation")  # fmt: skip
+    table = format_table(rows, 0)
+    print(table)
+    (out / "anchor_bench.json").write_text(json.dumps({"rows": rows, "table": table, "device": str(dev),
+                                                       "threads": threads}, indent=1))  # fmt: skip
+    return rows
