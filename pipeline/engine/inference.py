@@ -19,7 +19,7 @@ def predict_loader(model: nn.Module, loader, device: torch.device, provider, max
     for batch in tqdm(loader, desc="inference", disable=not show_progress, leave=False):
         batch = batch.to(device)
         provider.fill(batch)
-        outputs = model(batch.images, batch.features if use_depth else None)
+        outputs = model(batch.images, batch.features if use_depth else None, ~batch.valid)
         sizes = [(int(v.any(1).sum()), int(v.any(0).sum())) for v in batch.valid]  # valid = top-left block
         preds = postprocess(outputs, sizes, [tuple(s) for s in batch.orig_sizes], max_det)
         out.extend((str(i), {k: v.cpu() for k, v in p.items()}) for i, p in zip(batch.image_ids, preds, strict=True))

@@ -11,13 +11,19 @@ training starts from the backbone's own features. The depth half is not stuck at
 gradient is dL/dF * F_depth, non-zero as soon as the depth features are, so the network learns how
 much depth to mix in. (A zero weight only blocks the gradient flowing *into* F_depth, which is a
 cached input anyway.)
+
+With a padding mask, the resize reads the depth map's image cells only (`masked_interpolate`), so
+a level's fused features near the image's edge do not depend on how far the batch pads it.
 """
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+
+from pipeline.model.padding import downsample_mask, masked_interpolate
 
 
 class DepthFusion(nn.Module):
@@ -53,11 +59,13 @@ class DepthFusion(nn.Module):
                 conv.bias.zero_()
             self.fuse[level] = conv
 
-    def forward(self, features: dict[str, Tensor], depth_features: dict[str, Tensor]) -> dict[str, Tensor]:
+    def forward(self, features: dict[str, Tensor], depth_features: dict[str, Tensor],
+                mask: Optional[Tensor] = None) -> dict[str, Tensor]:
         """
         Args:
             features: {level: (B, C_b, h_l, w_l)} from the backbone.
-            depth_features: {name: (B, C_d, h, w)} at any resolution covering the same image extent.
+            depth_features: {name: (B, C_d, h, w)} at any resolution covering the same (padded) extent.
+            mask: (B, H, W) bool padding of the input, True on padding, or None.
 
         Returns:
             a new dict with the chosen levels fused (same shapes), the others passed through.
@@ -71,7 +79,6 @@ class DepthFusion(nn.Module):
             if f_d.dim() != 4 or f_d.shape[0] != f_b.shape[0] or f_d.shape[1] != self.depth_channels[name]:
                 raise ValueError(f"depth feature {name!r} has shape {tuple(f_d.shape)}; expected "
                                  f"({f_b.shape[0]}, {self.depth_channels[name]}, h, w)")
-            if f_d.shape[-2:] != f_b.shape[-2:]:
-                f_d = F.interpolate(f_d, size=f_b.shape[-2:], mode="bilinear", align_corners=False)
+            f_d = masked_interpolate(f_d, downsample_mask(mask, f_d.shape[-2:]), f_b.shape[-2:])
             out[level] = self.fuse[level](torch.cat([f_d.to(f_b.dtype), f_b], dim=1))
         return out

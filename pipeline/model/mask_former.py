@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from pipeline.model.backbone import Backbone
 from pipeline.model.depth_fusion import DepthFusion
+from pipeline.model.padding import SpatialPaddingHooks
 from pipeline.model.pixel_decoder import MSDeformAttnPixelDecoder
 from pipeline.model.transformer_decoder import MaskedTransformerDecoder
 
@@ -45,6 +46,7 @@ class MaskFormer(nn.Module):
         self.pixel_decoder = pixel_decoder
         self.transformer_decoder = transformer_decoder
         self.size_divisibility = size_divisibility
+        self.backbone_padding = SpatialPaddingHooks(backbone)
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(3, 1, 1), persistent=False)
 
@@ -52,12 +54,16 @@ class MaskFormer(nn.Module):
     def uses_depth(self) -> bool:
         return self.depth_fusion is not None
 
-    def forward(self, images: Tensor, depth_features: Optional[dict[str, Tensor]] = None) -> dict:
+    def forward(self, images: Tensor, depth_features: Optional[dict[str, Tensor]] = None,
+                mask: Optional[Tensor] = None) -> dict:
         """
         Args:
             images: (B, 3, H, W) RGB in [0, 1].
             depth_features: {name: (B, C, h, w)} covering the same extent as the images (needed
                 when Depth Fusion is on; ignored otherwise).
+            mask: (B, H, W) bool, True on padding (the bottom/right zeros a batch adds to an image
+                smaller than the largest), or None = no padding. With it each image's predictions
+                are those it gets alone (up to float rounding).
 
         Returns:
             {"pred_logits": (B, Q, K+1), "pred_masks": (B, Q, ceil(H/4), ceil(W/4)) logits,
@@ -73,15 +79,21 @@ class MaskFormer(nn.Module):
         x = (images - self.pixel_mean) / self.pixel_std
         d = self.size_divisibility
         ph, pw = math.ceil(h / d) * d, math.ceil(w / d) * d
+        if mask is not None and tuple(mask.shape) != (images.shape[0], h, w):
+            raise ValueError(f"mask must be (B, H, W) = {(images.shape[0], h, w)}; got {tuple(mask.shape)}")
         if (ph, pw) != (h, w):
             x = F.pad(x, (0, pw - w, 0, ph - h))
-        features = self.backbone(x)
+            # the padding added here is known even when the caller's is not
+            base = mask if mask is not None else images.new_zeros((images.shape[0], h, w), dtype=torch.bool)
+            mask = F.pad(base, (0, pw - w, 0, ph - h), value=True)
+        with self.backbone_padding.masked(mask):
+            features = self.backbone(x)
         if self.depth_fusion is not None:
             if (ph, pw) != (h, w):
                 depth_features = {k: _pad_like(v, (h, w), (ph, pw)) for k, v in depth_features.items()}
-            features = self.depth_fusion(features, depth_features)
-        mask_features, multi_scale = self.pixel_decoder(features)
-        out = self.transformer_decoder(multi_scale, mask_features)
+            features = self.depth_fusion(features, depth_features, mask)
+        mask_features, multi_scale = self.pixel_decoder(features, mask)
+        out = self.transformer_decoder(multi_scale, mask_features, mask)
         mh, mw = math.ceil(h / 4), math.ceil(w / 4)
         if out["pred_masks"].shape[-2:] != (mh, mw):
             out["pred_masks"] = out["pred_masks"][..., :mh, :mw]

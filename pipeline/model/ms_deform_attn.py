@@ -9,6 +9,7 @@ faster, not different).
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -96,6 +97,7 @@ class MSDeformAttn(nn.Module):
         reference_points: Tensor,
         value: Tensor,
         spatial_shapes: list[tuple[int, int]],
+        padding_mask: Optional[Tensor] = None,
     ) -> Tensor:
         """
         Args:
@@ -103,6 +105,8 @@ class MSDeformAttn(nn.Module):
             reference_points: (B, Lq, L, 2) as (x, y) in [0, 1] of each level.
             value: (B, S, C), the flattened tokens of all levels.
             spatial_shapes: [(h_l, w_l)] per level.
+            padding_mask: (B, S) bool, True on padding tokens: they contribute zero, as samples
+                outside the map do, so padding beyond the image changes nothing.
 
         Returns:
             (B, Lq, C).
@@ -112,7 +116,10 @@ class MSDeformAttn(nn.Module):
         if sum(h * w for h, w in spatial_shapes) != s:
             raise ValueError(f"spatial_shapes {spatial_shapes} do not add up to {s} value tokens")
         m, n_lvl, n_pts = self.n_heads, self.n_levels, self.n_points
-        v = self.value_proj(value).view(b, s, m, self.d_model // m)
+        v = self.value_proj(value)
+        if padding_mask is not None:
+            v = v.masked_fill(padding_mask[..., None], 0.0)
+        v = v.view(b, s, m, self.d_model // m)
         offsets = self.sampling_offsets(query).view(b, lq, m, n_lvl, n_pts, 2)
         weights = self.attention_weights(query).view(b, lq, m, n_lvl * n_pts).softmax(-1)
         weights = weights.view(b, lq, m, n_lvl, n_pts)

@@ -5,17 +5,25 @@ a few multi-scale deformable-attention encoder layers (Deformable DETR) with sin
 encodings plus a learned embedding per level. An FPN-style lateral + output convolution then
 brings the finest refined level down to res2, whose projection gives the per-pixel mask
 features at stride 4. The three refined levels feed the masked-attention transformer decoder.
+
+Padding-aware (see `padding.py`): with a padding mask, position encodings are normalised by the
+image's extent, reference points are scaled by each level's valid ratio and padding tokens are
+masked out of the deformable attention (Deformable DETR), group norms use image statistics, and
+the FPN resizes and convolutions read image cells only, so an image's features do not depend on
+the other images of its batch.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pipeline.model.ms_deform_attn import MSDeformAttn
+from pipeline.model.padding import downsample_mask, masked_interpolate, run_masked, valid_ratios, zero_padding
 from pipeline.model.position_encoding import PositionEmbeddingSine
 
 
@@ -38,24 +46,29 @@ class DeformableEncoderLayer(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, src: Tensor, pos: Tensor, reference_points: Tensor,
-                spatial_shapes: list[tuple[int, int]]) -> Tensor:
-        """src, pos: (B, S, C); reference_points: (B, S, L, 2) -> (B, S, C)."""
-        src = self.norm1(src + self.dropout(self.self_attn(src + pos, reference_points, src, spatial_shapes)))
+                spatial_shapes: list[tuple[int, int]], padding_mask: Optional[Tensor] = None) -> Tensor:
+        """src, pos: (B, S, C); reference_points: (B, S, L, 2); padding_mask: (B, S) bool -> (B, S, C)."""
+        attn = self.self_attn(src + pos, reference_points, src, spatial_shapes, padding_mask)
+        src = self.norm1(src + self.dropout(attn))
         ffn = self.linear2(self.dropout(F.relu(self.linear1(src))))
         return self.norm2(src + self.dropout(ffn))
 
 
-def reference_points(spatial_shapes: list[tuple[int, int]], batch: int, device: torch.device,
-                     dtype: torch.dtype) -> Tensor:
-    """Pixel centres of every level as (x, y) in [0, 1]: (B, S, L, 2), the same point seen by each level."""
+def reference_points(spatial_shapes: list[tuple[int, int]], ratios: Tensor) -> Tensor:
+    """Pixel centres of every level as (x, y) in [0, 1] of each level: (B, S, L, 2), the same image
+    point seen by each level (Deformable DETR's `get_reference_points`).
+
+    ratios: (B, L, 2) valid (x, y) fraction of each level. A centre is placed relative to the image
+    extent of its own level, then onto each level's image extent, so it does not move with padding."""
     points = []
-    for h, w in spatial_shapes:
-        ys = (torch.arange(h, device=device, dtype=dtype) + 0.5) / h
-        xs = (torch.arange(w, device=device, dtype=dtype) + 0.5) / w
-        yy, xx = torch.meshgrid(ys, xs, indexing="ij")
-        points.append(torch.stack([xx.reshape(-1), yy.reshape(-1)], -1))
-    ref = torch.cat(points, 0)  # (S, 2)
-    return ref[None, :, None, :].expand(batch, -1, len(spatial_shapes), -1)
+    for lvl, (h, w) in enumerate(spatial_shapes):
+        ys = (torch.arange(h, device=ratios.device, dtype=ratios.dtype) + 0.5)[None] / (ratios[:, lvl, 1:2] * h)
+        xs = (torch.arange(w, device=ratios.device, dtype=ratios.dtype) + 0.5)[None] / (ratios[:, lvl, 0:1] * w)
+        yy = ys[:, :, None].expand(-1, h, w).flatten(1)
+        xx = xs[:, None, :].expand(-1, h, w).flatten(1)
+        points.append(torch.stack([xx, yy], -1))
+    ref = torch.cat(points, 1)  # (B, S, 2)
+    return ref[:, :, None, :] * ratios[:, None]
 
 
 class MSDeformAttnPixelDecoder(nn.Module):
@@ -123,31 +136,40 @@ class MSDeformAttnPixelDecoder(nn.Module):
         nn.init.zeros_(self.mask_features.bias)
         self.num_feature_levels = min(3, n_levels)
 
-    def forward(self, features: dict[str, Tensor]) -> tuple[Tensor, list[Tensor]]:
+    def forward(self, features: dict[str, Tensor], mask: Optional[Tensor] = None) -> tuple[Tensor, list[Tensor]]:
         """
         Args:
             features: {level: (B, C_l, H/s_l, W/s_l)} from the backbone (after any Depth Fusion).
+            mask: (B, H, W) bool, True on padding, or None (no padding).
 
         Returns:
             mask_features (B, mask_dim, H/4, W/4) and the refined levels coarsest first
             [(B, conv_dim, H/32, W/32), (B, conv_dim, H/16, W/16), (B, conv_dim, H/8, W/8)].
         """
-        srcs, pos, shapes = [], [], []
+        srcs, pos, shapes, pads = [], [], [], []
         for lvl, (name, proj) in enumerate(zip(self.trans_features, self.input_proj, strict=True)):
-            x = proj(features[name])
+            pad = downsample_mask(mask, features[name].shape[-2:])
+            x = run_masked(proj, features[name], pad)
             shapes.append((x.shape[-2], x.shape[-1]))
+            pads.append(pad)
             srcs.append(x.flatten(2).transpose(1, 2))
-            pos.append(self.pe_layer(x).flatten(2).transpose(1, 2) + self.level_embed[lvl].to(x.dtype))
+            pos.append(self.pe_layer(x, pad).flatten(2).transpose(1, 2) + self.level_embed[lvl].to(x.dtype))
         src = torch.cat(srcs, 1)
         pos_all = torch.cat(pos, 1)
-        ref = reference_points(shapes, src.shape[0], src.device, src.dtype)
+        b = src.shape[0]
+        ratios = torch.stack([valid_ratios(p, b, src.device, src.dtype) for p in pads], 1)  # (B, L, 2)
+        ref = reference_points(shapes, ratios)
+        padding = None if mask is None else torch.cat([p.flatten(1) for p in pads], 1)
         for layer in self.encoder:
-            src = layer(src, pos_all, ref, shapes)
-        b, _, c = src.shape
+            src = layer(src, pos_all, ref, shapes, padding)
+        c = src.shape[-1]
         sizes = [h * w for h, w in shapes]
-        outs = [t.transpose(1, 2).reshape(b, c, h, w) for t, (h, w) in zip(src.split(sizes, 1), shapes, strict=True)]
-        y = outs[-1]
+        outs = [zero_padding(t.transpose(1, 2).reshape(b, c, h, w), p)
+                for t, (h, w), p in zip(src.split(sizes, 1), shapes, pads, strict=True)]
+        y, y_pad = outs[-1], pads[-1]
         for name, lateral, output in zip(self.fpn_features, self.lateral_convs, self.output_convs, strict=True):
-            cur = lateral(features[name])
-            y = output(cur + F.interpolate(y, size=cur.shape[-2:], mode="bilinear", align_corners=False))
+            pad = downsample_mask(mask, features[name].shape[-2:])
+            cur = run_masked(lateral, features[name], pad)
+            y = run_masked(output, cur + masked_interpolate(y, y_pad, cur.shape[-2:]), pad)
+            y_pad = pad
         return self.mask_features(y), outs[: self.num_feature_levels]

@@ -1,8 +1,9 @@
 """Mask2Former instance inference: model outputs -> per-image instance lists at the original size.
 
 Every (query, class) pair is a candidate scored by its class probability; the top `max_det` are
-kept (a query may appear with several classes). Mask logits are upsampled bilinearly to the
-padded input, cropped to the valid image, resized to the output size and thresholded at 0
+kept (a query may appear with several classes). Mask logits are cropped to the cells holding the
+image (so the padding a batch adds is never read), upsampled bilinearly to input pixels, cropped to
+the valid image, resized to the output size and thresholded at 0
 (sigmoid 0.5); thresholding after the upsampling keeps sub-cell boundary detail. The final score
 is class probability x mean mask probability inside the mask.
 """
@@ -55,7 +56,6 @@ def postprocess(outputs: dict, image_sizes: list[tuple[int, int]], out_sizes: li
         raise ValueError(f"batch of {logits_all.shape[0]} with {len(image_sizes)} image sizes "
                          f"and {len(out_sizes)} output sizes")
     num_classes = logits_all.shape[-1] - 1
-    padded = (masks_all.shape[-2] * mask_stride, masks_all.shape[-1] * mask_stride)
     results = []
     for logits, mask_logits, (vh, vw), (oh, ow) in zip(logits_all, masks_all, image_sizes, out_sizes, strict=True):
         scores = logits.softmax(-1)[:, :-1].flatten()  # (Q*K,), query-major
@@ -63,8 +63,10 @@ def postprocess(outputs: dict, image_sizes: list[tuple[int, int]], out_sizes: li
         top_scores, top_idx = scores.topk(k, sorted=True)
         labels = top_idx % num_classes
         queries = top_idx // num_classes
-        m = mask_logits[queries].float()[None]  # (1, k, h, w)
-        m = F.interpolate(m, size=padded, mode="bilinear", align_corners=False)[..., : int(vh), : int(vw)]
+        ch, cw = -(-int(vh) // mask_stride), -(-int(vw) // mask_stride)  # cells holding image pixels
+        m = mask_logits[queries][..., :ch, :cw].float()[None]  # (1, k, ch, cw)
+        m = F.interpolate(m, size=(ch * mask_stride, cw * mask_stride), mode="bilinear", align_corners=False)
+        m = m[..., : int(vh), : int(vw)]
         m = F.interpolate(m, size=(int(oh), int(ow)), mode="bilinear", align_corners=False)[0]
         binary = m > 0
         prob = m.sigmoid()

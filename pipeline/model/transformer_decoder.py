@@ -5,6 +5,10 @@ Learned queries attend, layer after layer, to one pixel-decoder level in round-r
 it predicted after the previous layer (sigmoid >= 0.5 at that level's resolution). Predictions
 (class logits over K classes + "no object", mask logits) come after every layer, which gives the
 deep supervision of the criterion.
+
+With a padding mask, no query attends to padding (it is added to every attention mask), position
+encodings follow the image's extent, and the attention masks are resized from the image cells of
+the predicted masks only, so predictions do not depend on how far the batch pads an image.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pipeline.model.padding import downsample_mask, zero_padding
 from pipeline.model.position_encoding import PositionEmbeddingSine
 
 
@@ -133,11 +138,12 @@ class MaskedTransformerDecoder(nn.Module):
                 if p.dim() > 1:
                     nn.init.xavier_uniform_(p)
 
-    def forward(self, features: list[Tensor], mask_features: Tensor) -> dict:
+    def forward(self, features: list[Tensor], mask_features: Tensor, mask: Optional[Tensor] = None) -> dict:
         """
         Args:
             features: pixel-decoder levels, coarsest first, each (B, C, h_l, w_l).
             mask_features: (B, mask_dim, H/4, W/4).
+            mask: (B, H, W) bool, True on padding, or None (no padding).
 
         Returns:
             {"pred_logits": (B, Q, K+1), "pred_masks": (B, Q, H/4, W/4),
@@ -146,27 +152,28 @@ class MaskedTransformerDecoder(nn.Module):
         """
         if len(features) != self.num_feature_levels:
             raise ValueError(f"expected {self.num_feature_levels} feature levels, got {len(features)}")
-        src, pos, sizes = [], [], []
+        src, pos, pads = [], [], []
         for i, x in enumerate(features):
-            sizes.append(x.shape[-2:])
-            pos.append(self.pe_layer(x).flatten(2).permute(2, 0, 1))  # (HW, B, C)
+            pad = downsample_mask(mask, x.shape[-2:])
+            pads.append(pad)
+            pos.append(self.pe_layer(x, pad).flatten(2).permute(2, 0, 1))  # (HW, B, C)
             src.append((self.input_proj[i](x).flatten(2) + self.level_embed.weight[i][None, :, None]).permute(2, 0, 1))
         b = mask_features.shape[0]
+        mask_pad = downsample_mask(mask, mask_features.shape[-2:])
         query_embed = self.query_embed.weight.unsqueeze(1).repeat(1, b, 1)  # (Q, B, C)
         output = self.query_feat.weight.unsqueeze(1).repeat(1, b, 1)
 
         classes, masks = [], []
-        cls, msk, attn_mask = self._heads(output, mask_features, sizes[0])
+        cls, msk, attn_mask = self._heads(output, mask_features, features[0].shape[-2:], mask_pad, pads[0])
         classes.append(cls)
         masks.append(msk)
         for i in range(self.num_layers):
             lvl = i % self.num_feature_levels
-            # a query whose mask is empty would attend to nothing (NaN softmax): let it see everything
-            attn_mask[attn_mask.all(-1)] = False
             output = self.cross_attn[i](output, src[lvl], attn_mask, pos[lvl], query_embed)
             output = self.self_attn[i](output, query_embed)
             output = self.ffn[i](output)
-            cls, msk, attn_mask = self._heads(output, mask_features, sizes[(i + 1) % self.num_feature_levels])
+            nxt = (i + 1) % self.num_feature_levels
+            cls, msk, attn_mask = self._heads(output, mask_features, features[nxt].shape[-2:], mask_pad, pads[nxt])
             classes.append(cls)
             masks.append(msk)
         return {
@@ -177,14 +184,33 @@ class MaskedTransformerDecoder(nn.Module):
             ],
         }
 
-    def _heads(self, output: Tensor, mask_features: Tensor, size) -> tuple[Tensor, Tensor, Tensor]:
-        """Class logits (B, Q, K+1), mask logits (B, Q, H/4, W/4) and the next attention mask (B*nhead, Q, hw)."""
+    def _heads(self, output: Tensor, mask_features: Tensor, size, mask_pad: Optional[Tensor] = None,
+               level_pad: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Tensor]:
+        """Class logits (B, Q, K+1), mask logits (B, Q, H/4, W/4) and the next attention mask (B*nhead, Q, hw).
+
+        mask_pad / level_pad: padding (B, H/4, W/4) of the masks and (B, h, w) of the next level."""
         x = self.decoder_norm(output).transpose(0, 1)  # (B, Q, C)
         logits = self.class_embed(x)
         mask_embed = self.mask_embed(x)
         masks = torch.einsum("bqc,bchw->bqhw", mask_embed, mask_features)
         with torch.no_grad():
-            small = F.interpolate(masks.detach(), size=size, mode="bilinear", align_corners=False)
-            attn_mask = (small.sigmoid().flatten(2) < 0.5)  # True = outside the predicted mask = blocked
+            # logit 0 on padding: a blend with it keeps the sign of the image cells, so the threshold
+            # below reads the image only
+            small = F.interpolate(zero_padding(masks.detach(), mask_pad), size=size, mode="bilinear",
+                                  align_corners=False)
+            attn_mask = small.sigmoid().flatten(2) < 0.5  # True = outside the predicted mask = blocked
+            attn_mask = attn_mask_with_padding(attn_mask, level_pad)
             attn_mask = attn_mask.unsqueeze(1).repeat(1, self.num_heads, 1, 1).flatten(0, 1)
         return logits, masks, attn_mask
+
+
+def attn_mask_with_padding(attn_mask: Tensor, pad: Optional[Tensor]) -> Tensor:
+    """(B, Q, hw) blocked cells, padding (B, h, w) or None -> padding blocked too.
+
+    A query whose mask is empty on the image would attend to nothing (NaN softmax): it sees the
+    whole image instead (and still no padding)."""
+    if pad is None:
+        return attn_mask.masked_fill(attn_mask.all(-1, keepdim=True), False)
+    pad = pad.flatten(1)[:, None, :]
+    blocked = attn_mask | pad
+    return torch.where(blocked.all(-1, keepdim=True), pad.expand_as(blocked), blocked)

@@ -47,7 +47,7 @@ from pipeline.semi.pseudo_labels import make_pseudo_labels
 
 def _forward(ctx: RunContext, model: nn.Module, images: torch.Tensor, batch) -> dict:
     with ctx.autocast:
-        return model(images, batch.features if ctx.use_depth else None)
+        return model(images, batch.features if ctx.use_depth else None, ~batch.valid)
 
 
 def supervised_losses(ctx: RunContext, model: nn.Module, batch) -> dict[str, torch.Tensor]:

@@ -19,7 +19,8 @@ def test_recovers_instances_cropped_and_resized_to_the_original_size():
     cells[1, 6:12, 5:10] = True  # bottom-right of the valid area: pixels [24, 48) x [20, 40)
     logits = torch.full((1, 3, 4), -10.0)
     logits[0, 0, 1] = 10.0  # query 0: class 1, confident
-    logits[0, 1, 2] = 8.0  # query 1: class 2
+    logits[0, 1, 2] = 8.0  # query 1: class 2, less sure (class 0 takes 5 %)
+    logits[0, 1, 0] = 5.0
     outputs = {"pred_logits": logits, "pred_masks": _logits_for(cells)[None]}
     (res,) = postprocess(outputs, [(48, 40)], [(96, 80)], max_det=5)
     assert res["masks"].shape == (5, 96, 80) and res["masks"].dtype == torch.bool
@@ -37,6 +38,22 @@ def test_recovers_instances_cropped_and_resized_to_the_original_size():
         assert iou > 0.95
     torch.testing.assert_close(res["boxes"][0], torch.tensor([0.0, 0.0, 40.0, 48.0]), atol=2, rtol=0)
     torch.testing.assert_close(res["boxes"][1], torch.tensor([40.0, 48.0, 80.0, 96.0]), atol=2, rtol=0)
+
+
+def test_padding_beyond_the_image_cells_is_never_read():
+    # valid 42x30 input pixels = 11x8 cells of a 16x16 grid; what the padding cells hold must not matter
+    torch.manual_seed(0)
+    logits = torch.randn(1, 4, 3)
+    image_cells = torch.randn(1, 4, 11, 8) * 4
+    quiet = torch.zeros(1, 4, 16, 16)
+    noisy = torch.randn(1, 4, 16, 16) * 50
+    for grid in (quiet, noisy):
+        grid[..., :11, :8] = image_cells
+    alone = postprocess({"pred_logits": logits, "pred_masks": image_cells}, [(42, 30)], [(84, 60)], max_det=6)[0]
+    for grid in (quiet, noisy):
+        res = postprocess({"pred_logits": logits, "pred_masks": grid}, [(42, 30)], [(84, 60)], max_det=6)[0]
+        torch.testing.assert_close(res["scores"], alone["scores"])
+        assert torch.equal(res["masks"], alone["masks"])
 
 
 def test_a_query_can_be_kept_with_two_classes_and_max_det_caps():
