@@ -400,11 +400,13 @@ def evaluate_cmd(config: str | None, checkpoint: str, which: str, out_dir: str |
               help="Image files or folders; repeatable.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
 @click.option("--which", type=click.Choice(["auto", "model", "teacher"]), default="auto", show_default=True)
-@click.option("--score-threshold", default=0.5, show_default=True, help="Draw instances scoring at least this.")
+@click.option("--score-threshold", default=0.5, show_default=True,
+              help="Draw and write instances scoring at least this (0 keeps all top-k).")
 @click.argument("overrides", nargs=-1)
 def predict_cmd(config: str | None, checkpoint: str, inputs: tuple[str, ...], out_dir: str, which: str,
                 score_threshold: float, overrides: tuple[str, ...]) -> None:
-    """Segment new images (running the depth source on them) and draw the masks to PNG files."""
+    """Segment new images (running the depth source on them): masks drawn to PNG files, COCO results
+    (the dataset's category ids, RLE) to results.json, per-image counts and notes to summary.json."""
     from pipeline.engine.predict import predict_images
 
     cfg = _load(config, overrides)
@@ -412,7 +414,13 @@ def predict_cmd(config: str | None, checkpoint: str, inputs: tuple[str, ...], ou
         written = predict_images(cfg, checkpoint, [Path(p) for p in inputs], Path(out_dir), which, score_threshold)
     except _user_errors() as err:
         raise click.ClickException(_message(err)) from err
-    click.echo(f"wrote {len(written)} pictures and predictions.json to {out_dir}")
+    summary = json.loads((Path(out_dir) / "summary.json").read_text())
+    empty = [Path(r["file"]).name for r in summary["images"] if not r["instances"]]
+    click.echo(f"wrote {len(written)} pictures, results.json and summary.json to {out_dir} "
+               f"(weights: {summary['weights']}, image ids: {summary['image_ids']})")
+    if empty:
+        click.echo(f"{len(empty)} of {len(written)} images have no instance scoring >= {score_threshold:g}: "
+                   + ", ".join(empty[:10]) + (", ..." if len(empty) > 10 else ""))
 
 
 # ---------------------------------------------------------------- configuration

@@ -1,8 +1,10 @@
-"""`cli.py predict`: segment new images and draw the masks over them.
+"""`cli.py predict`: segment new images with a `Predictor`, draw the masks, write COCO results.
 
-New images are in no cache, so this is the one stage-two path that runs the depth source itself
-(a network estimator online, or the `files` source reading the image's depth map by file stem),
-with the same normalisation the cache applies.
+Into the output folder: `<stem>.png` per image (instances scoring at least the threshold drawn
+over it), `results.json` (COCO results of those instances, as `evaluate` writes them: the
+dataset's category ids, RLE segmentation, score, bbox, plus the image's `file_name`) and
+`summary.json` (per image: file, image id, instances kept, best score, and a note when none
+passed the threshold, which is also printed).
 """
 
 from __future__ import annotations
@@ -10,13 +12,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
 from tqdm import tqdm
 
 from pipeline.config import Config
-from pipeline.engine.checkpoint import load_checkpoint, load_model_state, resolve_checkpoint
-from pipeline.engine.depth_source import needed_levels
-from pipeline.engine.distributed import pick_device
+from pipeline.engine.predictor import Predictor
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -36,85 +35,63 @@ def list_images(inputs: list[Path]) -> list[Path]:
     return out
 
 
-class ImageDepth:
-    """Depth map and features of one new image, from the configured source."""
-
-    def __init__(self, cfg: Config, levels: list[str], device: torch.device) -> None:
-        from depth_cache.estimators import build_source
-        from depth_cache.estimators.files import FilesDepth
-        from depth_cache.online import OnlineDepth
-
-        source = build_source(cfg.depth.estimator, levels)
-        self.files = source if isinstance(source, FilesDepth) else None
-        self.online = None if self.files else OnlineDepth(source.to(device), cfg.depth.cache.depth_stride)
-        self.device = device
-
-    def __call__(self, image: torch.Tensor, path: Path) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """image (3, H, W) in [0, 1] -> depth (1, h, w), features {name: (C, h', w')} covering the image."""
-        if self.files is not None:
-            out = self.files(self.files.load(path.stem, tuple(image.shape[-2:])))
-            return out.depth, {k: v[0] for k, v in out.features.items()}
-        entry = self.online(image[None].to(self.device))[0]
-        return entry.depth.cpu(), {k: v.float().cpu() for k, v in entry.features.items()}
+def image_ids(cfg: Config, paths: list[Path]) -> tuple[list[int], str]:
+    """COCO image ids for `paths`: those of an annotation file (val, then train) listing every one
+    of the file names, so the results read against it; else 1..N in input order."""
+    names = [p.name for p in paths]
+    for ann in (cfg.data.val_json, cfg.data.train_json):
+        if not ann or not Path(ann).is_file():
+            continue
+        try:
+            listed = {Path(r["file_name"]).name: int(r["id"]) for r in json.loads(Path(ann).read_text())["images"]}
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if all(n in listed for n in names):
+            return [listed[n] for n in names], f"the ids of {ann}"
+    return list(range(1, len(paths) + 1)), "1..N in input order (not every file is in the config's annotations)"
 
 
-@torch.no_grad()
 def predict_images(cfg: Config, checkpoint: str | Path, inputs: list[Path], out_dir: Path,
                    which: str = "auto", score_threshold: float = 0.5) -> list[Path]:
-    """Write `<stem>.png` (masks drawn over the image) and `predictions.json` into `out_dir`.
+    """Write pictures, `results.json` and `summary.json` into `out_dir`; returns the pictures.
 
     `checkpoint`: a file, or a run folder (its last checkpoint)."""
-    from pipeline.data.collate import collate
-    from pipeline.data.dataset import read_image
-    from pipeline.data.sample import new_sample
-    from pipeline.data.transforms import build_test_transforms
-    from pipeline.evaluation import save_instances_png
-    from pipeline.evaluation.results import encode_masks
-    from pipeline.model.build import build_model
-    from pipeline.model.postprocess import postprocess
+    from pipeline.evaluation import save_instances_png, save_results
 
-    device = pick_device(cfg.train.device)
-    checkpoint = resolve_checkpoint(checkpoint)
-    ckpt = load_checkpoint(checkpoint)
-    key = which if which != "auto" else ("teacher" if "teacher" in ckpt else "model")
-    levels = needed_levels(cfg)
-    depth = ImageDepth(cfg, levels, device) if levels else None
-    channels = {}
-    if depth is not None:
-        probe = read_image(list_images(inputs)[0])
-        channels = {k: int(v.shape[0]) for k, v in depth(probe, list_images(inputs)[0])[1].items()}
-    model = build_model(cfg.model, cfg.data.num_classes, channels)
-    load_model_state(model, ckpt[key], f"{checkpoint} [{key}]")
-    model.to(device).eval()
-    transforms = build_test_transforms(cfg.data.test_size, cfg.data.feature_stride, cfg.data.test_max_size)
-    names = _class_names(cfg)
+    paths = list_images(inputs)
+    predictor = Predictor(cfg, checkpoint, which)
+    ids, id_source = image_ids(cfg, paths)
     out_dir.mkdir(parents=True, exist_ok=True)
-    written, records = [], []
-    for path in tqdm(list_images(inputs), desc="predict"):
-        image = read_image(path)
-        d, feats = depth(image, path) if depth is not None else (None, {})
-        sample = transforms(new_sample(image, depth=d, features=feats, image_id=path.stem))
-        batch = collate([sample]).to(device)
-        outputs = model(batch.images, batch.features if depth is not None else None)
-        pred = postprocess(outputs, [(int(sample.valid.any(1).sum()), int(sample.valid.any(0).sum()))],
-                           [tuple(image.shape[-2:])], cfg.eval.max_detections)[0]
-        pred = {k: v.cpu() for k, v in pred.items()}
+    written, results, summary = [], [], []
+    for path, image_id in zip(tqdm(paths, desc="predict"), ids, strict=True):
+        pred = predictor(path)
+        kept = pred.above(score_threshold)
         target = out_dir / f"{path.stem}.png"
-        save_instances_png(image, pred, target, names, score_threshold=score_threshold)
+        save_instances_png(path_image(path), kept.as_dict(), target, predictor.categories.names,
+                           score_threshold=score_threshold)  # fmt: skip
         written.append(target)
-        keep = pred["scores"] >= score_threshold
-        records.append({
-            "file": str(path), "labels": pred["labels"][keep].tolist(), "scores": pred["scores"][keep].tolist(),
-            "segmentations": encode_masks(pred["masks"][keep]),
-        })
-    (out_dir / "predictions.json").write_text(json.dumps(records))
+        image_results = kept.to_coco(image_id)
+        for r in image_results:
+            r["file_name"] = path.name
+        results += image_results
+        best = float(pred.scores.max()) if len(pred) else None
+        record = {"file": str(path), "image_id": image_id, "instances": len(kept), "best_score": best}
+        if not len(kept):
+            best_txt = "no instance at all" if best is None else f"best {best:.3f}"
+            record["note"] = f"no instance scored >= {score_threshold:g} ({best_txt}); {target.name} is the plain image"
+            tqdm.write(f"{path.name}: {record['note']}")
+        summary.append(record)
+    save_results(results, out_dir / "results.json")
+    (out_dir / "summary.json").write_text(json.dumps({
+        "checkpoint": str(predictor.checkpoint), "weights": predictor.which, "score_threshold": score_threshold,
+        "image_ids": id_source, "categories": predictor.categories.source or "numbered 1..K (no annotation file)",
+        "images": summary,
+    }, indent=1))
     return written
 
 
-def _class_names(cfg: Config) -> list[str] | None:
-    """Category names from the val annotations when they are at hand (for labels on the pictures)."""
-    path = Path(cfg.data.val_json)
-    if not path.is_file():
-        return None
-    cats = sorted(json.loads(path.read_text()).get("categories", []), key=lambda c: c["id"])
-    return [c["name"] for c in cats] or None
+def path_image(path: Path):
+    """The image as drawn: (3, H, W) float in [0, 1]."""
+    from pipeline.data.dataset import read_image
+
+    return read_image(path)

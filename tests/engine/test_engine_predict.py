@@ -1,16 +1,21 @@
-"""`evaluate` and `predict` on a checkpoint of a tiny run."""
+"""`evaluate`, `predict` and the in-memory `Predictor` on checkpoints of a tiny model."""
 
 from __future__ import annotations
 
 import json
 
 import numpy as np
+import pytest
+import torch
 from PIL import Image
 from pycocotools.coco import COCO
 
 from pipeline.engine.evaluate import evaluate_checkpoint
 from pipeline.engine.predict import predict_images
+from pipeline.engine.predictor import Prediction, Predictor
 from pipeline.engine.trainer import train
+from pipeline.evaluation.results import decode_masks
+from pipeline.model.build import build_model
 
 
 def test_evaluate_writes_coco_results_and_predict_draws(tiny_cache, tiny_config, tmp_path):
@@ -34,5 +39,73 @@ def test_evaluate_writes_coco_results_and_predict_draws(tiny_cache, tiny_config,
     for src, dst in zip(images, written, strict=True):
         a, b = np.asarray(Image.open(src).convert("RGB")), np.asarray(Image.open(dst).convert("RGB"))
         assert a.shape == b.shape and (a != b).any()  # masks were drawn over the image
-    records = json.loads((out / "predictions.json").read_text())
-    assert len(records) == 2 and all(len(r["scores"]) == len(r["segmentations"]) for r in records)
+    # COCO results like evaluate's: the val images' own ids, the dataset's category ids, RLE
+    pred_results = json.loads((out / "results.json").read_text())
+    by_name = {im["file_name"]: im["id"] for im in gt.dataset["images"]}
+    assert {r["image_id"] for r in pred_results} == {by_name[p.name] for p in images}
+    assert all(r["image_id"] == by_name[r["file_name"]] for r in pred_results)
+    assert {r["category_id"] for r in pred_results} <= set(gt.getCatIds())
+    gt.loadRes(pred_results)
+    summary = json.loads((out / "summary.json").read_text())
+    assert [r["instances"] for r in summary["images"]] == [
+        sum(r["file_name"] == p.name for r in pred_results) for p in images]
+
+
+def _untrained_checkpoint(cfg, path):
+    torch.manual_seed(0)
+    model = build_model(cfg.model, cfg.data.num_classes, {"depth_s8": 1, "depth_s16": 1})
+    torch.save({"model": model.state_dict()}, path)
+    return path
+
+
+def _remapped_val(src, dst, offset: int = 40):
+    """The val annotations with category ids 41, 42, 43 instead of 1, 2, 3."""
+    data = json.loads(src.read_text())
+    for c in data["categories"]:
+        c["id"] += offset
+    for a in data["annotations"]:
+        a["category_id"] += offset
+    dst.write_text(json.dumps(data))
+    return dst
+
+
+def test_predictor_returns_predictions_in_memory(tiny_cache, tiny_config, tmp_path):
+    val = _remapped_val(tiny_cache / "annotations/val.json", tmp_path / "val.json")
+    cfg = tiny_config(tiny_cache, tmp_path / "run", f"data.val_json={val}", "train.device=cpu")
+    predictor = Predictor(cfg, _untrained_checkpoint(cfg, tmp_path / "m.pth"))
+    path = sorted((tiny_cache / "images/val").glob("*.png"))[0]
+    by_path = predictor(path)
+    assert isinstance(by_path, Prediction) and by_path.name == path.stem
+    h, w = np.asarray(Image.open(path)).shape[:2]
+    assert by_path.size == (h, w) and by_path.masks.shape[1:] == (h, w) and len(by_path) > 0
+    assert torch.all(by_path.scores[:-1] >= by_path.scores[1:])
+    # the dataset's own category ids, in the order the model's classes map to them
+    assert by_path.category_ids == [41 + int(k) for k in by_path.labels]
+    assert set(by_path.category_names) <= {"ellipse", "rectangle", "triangle"}
+    # the same image as a PIL image / array (the files depth source reads the depth map by name)
+    for image in (Image.open(path), np.asarray(Image.open(path).convert("RGB"))):
+        other = predictor(image, name=path.stem)
+        torch.testing.assert_close(other.scores, by_path.scores)
+        assert torch.equal(other.masks, by_path.masks)
+    with pytest.raises(ValueError, match="file stem"):
+        predictor(Image.open(path))
+    coco = by_path.above(0.0).to_coco(image_id=7)
+    assert len(coco) == len(by_path) and {r["category_id"] for r in coco} <= {41, 42, 43}
+    assert all(r["image_id"] == 7 for r in coco)
+    assert np.array_equal(decode_masks([coco[0]["segmentation"]])[0], by_path.masks[0].numpy())
+    assert len(by_path.above(1.01)) == 0
+
+
+def test_predict_says_which_images_have_nothing_above_the_threshold(tiny_cache, tiny_config, tmp_path, capsys):
+    cfg = tiny_config(tiny_cache, tmp_path / "run", "train.device=cpu")
+    ckpt = _untrained_checkpoint(cfg, tmp_path / "m.pth")
+    images = sorted((tiny_cache / "images/val").glob("*.png"))[:2]
+    out = tmp_path / "pred"
+    predict_images(cfg, ckpt, images, out, score_threshold=1.01)  # scores are probabilities: nothing passes
+    printed = capsys.readouterr()
+    summary = json.loads((out / "summary.json").read_text())
+    assert [r["instances"] for r in summary["images"]] == [0, 0]
+    for record, path in zip(summary["images"], images, strict=True):
+        assert "no instance scored >= 1.01" in record["note"] and record["best_score"] < 1.01
+        assert f"{path.name}: no instance scored >= 1.01" in printed.out + printed.err
+    assert json.loads((out / "results.json").read_text()) == []
