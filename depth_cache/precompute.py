@@ -309,7 +309,9 @@ def precompute(records: list[ImageRecord], runner, fields: dict, cache_cfg: Cach
         workers = default_workers(getattr(runner, "device", "cpu"), dist.world_size)
     threads = cache_cfg.writer_threads if writer_threads is None else writer_threads
     calls0 = runner.calls
-    bar = tqdm(total=len(todo), unit="img", desc=f"precompute {key}", disable=not progress or dist.rank != 0)
+    bar = ImageProgress(tqdm(total=len(todo), unit="img", desc=f"precompute {key}",
+                             disable=not progress or dist.rank != 0), 2 if manifest.get("flip_views") else 1)
+    runner.progress = bar
     try:
         while True:  # passes: claim and compute what is free; then wait for other jobs' claims on our images
             sampler = ClaimingSampler([r.id for r in todo], claims, int(manifest["shard_size"]), handled)
@@ -373,6 +375,31 @@ def _run_pass(todo, sampler, runner, manifest, canvas, store, parallel, result, 
         writer.close()  # complete shards already handed over are still written
 
 
+class ImageProgress:
+    """The bar moves as the runner finishes each batch of images (a shard of 64 takes minutes for a
+    large network on a CPU); `views` runs per image with flip_views. Failed images count at the shard's end."""
+
+    def __init__(self, bar: tqdm, views: int = 1) -> None:
+        self.bar, self.views, self.runs, self.shown = bar, views, 0, 0
+
+    def __call__(self, n: int) -> None:
+        self.runs += n
+        step = self.runs // self.views - self.shown
+        if step > 0:
+            self.bar.update(step)
+            self.shown += step
+
+    def shard_done(self, n_items: int) -> None:
+        if n_items > self.shown:
+            self.bar.update(n_items - self.shown)
+        self.runs = self.shown = 0
+
+    def __getattr__(self, name: str):  # close, set_postfix_str, ...: the bar's own
+        if name == "bar":
+            raise AttributeError(name)
+        return getattr(self.bar, name)
+
+
 def _flush(items, runner, manifest, canvas_fit, writer, result, rank, bar) -> None:
     canvas, multiple_of = canvas_fit
     runner.prepare(items)  # JPEGs bound for a GPU are decoded there, in one batch
@@ -399,7 +426,7 @@ def _flush(items, runner, manifest, canvas_fit, writer, result, rank, bar) -> No
     result.computed += len(ok)
     result.failed.update({i["record"].id: i["error"] for i in items if "error" in i})
     result.shards.append(shard)
-    bar.update(len(items))
+    bar.shard_done(len(items))
 
 
 def _no_wait() -> None:

@@ -107,6 +107,7 @@ class NetworkRunner:
         self.multiple_of = estimator.preprocess.multiple_of
         self.short_side = estimator.preprocess.input_size
         self.calls = 0
+        self.progress: Callable[[int], None] | None = None  # told the images of every finished batch
 
     def describe(self) -> dict[str, Any]:
         pre = self.estimator.preprocess
@@ -177,6 +178,8 @@ class NetworkRunner:
                     batch = host
                 for j, i in enumerate(part):
                     out[i] = {k: v[j] for k, v in batch.items()}
+                if self.progress is not None:  # the forward is done (copies may still be in flight)
+                    self.progress(len(part))
         if not cuda:
             return out, _nothing  # type: ignore[return-value]
         done = torch.cuda.Event()
@@ -236,6 +239,7 @@ class FilesRunner:
         self.levels = [fi.name for fi in source.feature_info]
         self.multiple_of = 1
         self.calls = 0
+        self.progress: Callable[[int], None] | None = None
 
     def describe(self) -> dict[str, Any]:
         return {"name": "files", "depth_dir": str(self.source.depth_dir), "depth_kind": self.source.kind,
@@ -270,6 +274,8 @@ class FilesRunner:
             maps = {"depth": pool_to_stride(res.depth, self.depth_stride)}
             maps.update({k: v[0] for k, v in res.features.items()})
             out.append(maps)
+            if self.progress is not None:
+                self.progress(1)
         return out
 
     def probe(self, frame: tuple[int, int]) -> dict[str, tuple[int, int, int]]:
