@@ -16,15 +16,38 @@ from PIL import Image, ImageDraw, ImageFont
 SERIES_COLORS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75)]
 _AXIS = (40, 40, 40)
 _GRID = (225, 225, 225)
+_MARKER = (120, 120, 120)
 _MARGIN_LEFT, _MARGIN_RIGHT, _MARGIN_TOP, _MARGIN_BOTTOM = 72, 24, 30, 40
 
 
 @dataclass
 class Panel:
-    """One chart: `series` maps a legend name to its (xs, ys) points."""
+    """One chart: `series` maps a legend name to its (xs, ys) points.
+
+    `min_span`: the y axis spans at least this, within `bounds` (the values' natural limits) where
+    given, so a nearly constant series is not magnified into noise. `vlines`: labelled vertical
+    markers {label: x} (e.g. where stage B starts)."""
 
     title: str
     series: dict[str, tuple[Sequence[float], Sequence[float]]] = field(default_factory=dict)
+    min_span: float = 0.0
+    bounds: tuple[float, float] | None = None
+    vlines: dict[str, float] = field(default_factory=dict)
+
+
+def y_range(panel: Panel) -> tuple[float, float]:
+    """The y axis of a panel: the padded data range, widened to `min_span` and kept in `bounds`."""
+    lo, hi = _padded_range([float(y) for _, ys in panel.series.values() for y in ys])
+    if hi - lo < panel.min_span:
+        mid, span = (lo + hi) / 2, panel.min_span
+        lo, hi = mid - span / 2, mid + span / 2
+        if panel.bounds is not None:
+            b_lo, b_hi = panel.bounds
+            if lo < b_lo:
+                lo, hi = b_lo, b_lo + span
+            elif hi > b_hi:
+                lo, hi = b_hi - span, b_hi
+    return lo, hi
 
 
 def nice_ticks(lo: float, hi: float, target: int = 5) -> list[float]:
@@ -91,8 +114,7 @@ def render_panels(
     for i, panel in enumerate(panels):
         top = i * panel_height
         box = (_MARGIN_LEFT, top + _MARGIN_TOP, width - _MARGIN_RIGHT, top + panel_height - _MARGIN_BOTTOM)
-        ys_all = [float(y) for _, ys in panel.series.values() for y in ys]
-        y_lo, y_hi = _padded_range(ys_all)
+        y_lo, y_hi = y_range(panel)
         _draw_panel(draw, panel, box, (x_lo, x_hi), (y_lo, y_hi), x_ticks, font, title_font, xlabel)
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
@@ -126,6 +148,12 @@ def _draw_panel(draw, panel, box, x_range, y_range, x_ticks, font, title_font, x
     draw.text(((x0 + x1) / 2, y0 - 8), panel.title, fill=_AXIS, font=title_font, anchor="mb")
     draw.text((x1, y1 + 22), xlabel, fill=_AXIS, font=font, anchor="rt")
 
+    for label, xv in panel.vlines.items():
+        if x_lo <= xv <= x_hi:
+            x = px(xv)
+            for ya in range(int(y0), int(y1), 8):  # dashed
+                draw.line([(x, ya), (x, min(ya + 4, y1))], fill=_MARKER, width=1)
+            draw.text((x + 3, y0 + 3), label, fill=_MARKER, font=font, anchor="lt")
     all_pts = []
     for k, (xs, ys) in enumerate(panel.series.values()):
         color = SERIES_COLORS[k % len(SERIES_COLORS)]

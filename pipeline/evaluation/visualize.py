@@ -17,15 +17,22 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from pipeline.evaluation.pil_plot import Panel, _font, render_panels
+from pipeline.evaluation.pil_plot import Panel, _font, render_panels, y_range
 
 # Panels of the curve plot and the JSONL keys each one draws (absent keys are skipped,
-# and a panel with no key present is left out).
+# and a panel with no key present is left out). In stage B `val/` is the teacher (the kept model)
+# and `student/` the student, drawn beside it when logged.
 CURVE_PANELS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("loss", ("loss", "loss_sup", "loss_unsup")),
-    ("validation mask AP (%)", ("val/AP", "val/AP50", "val/AP75")),
+    ("validation mask AP (%)", ("val/AP", "val/AP50", "val/AP75", "student/AP", "student/AP50")),
     ("depth controller weight", ("controller/weight",)),
 )
+# y-axis options per panel: the weight lives in [0, 1]; its axis shows all of it rather than
+# magnifying a 0.003 wobble
+PANEL_AXES: dict[str, dict[str, Any]] = {
+    "depth controller weight": {"min_span": 1.0, "bounds": (0.0, 1.0)},
+}
+STAGE_B_LABEL = "stage B"
 
 
 def instance_color(index: int) -> tuple[int, int, int]:
@@ -148,11 +155,24 @@ def read_log(log_jsonl_path: str | Path) -> list[dict]:
     return records
 
 
+def stage_b_start(records: Sequence[dict]) -> float | None:
+    """The iteration where stage B (teacher-student) starts: the last stage-A record's "iter" when the
+    log has both stages, else None. (The loss doubles there by design: unsupervised terms join.)"""
+    a = [r["iter"] for r in records if r.get("stage") == "A" and _is_number(r.get("iter"))]
+    b = [r["iter"] for r in records if r.get("stage") == "B" and _is_number(r.get("iter"))]
+    before = [x for x in a if b and x <= min(b)]
+    return float(max(before)) if before else None
+
+
 def curve_series(records: Sequence[dict]) -> list[Panel]:
-    """Group the log's finite numeric values by `CURVE_PANELS`, against "iter"."""
+    """Group the log's finite numeric values by `CURVE_PANELS`, against "iter"; every panel marks
+    the start of stage B."""
     panels = []
+    boundary = stage_b_start(records)
     for title, keys in CURVE_PANELS:
-        panel = Panel(title)
+        panel = Panel(title, **PANEL_AXES.get(title, {}))
+        if boundary is not None:
+            panel.vlines[STAGE_B_LABEL] = boundary
         for key in keys:
             pts = [
                 (r["iter"], r[key])
@@ -185,10 +205,14 @@ def plot_curves(log_jsonl_path: str | Path, out_png: str | Path) -> Path:
         import matplotlib  # noqa: F401  (optional dependency)
     except ImportError:
         return render_panels(panels, out_png)
-    return _plot_matplotlib(panels, Path(out_png))
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    curves_figure(panels).savefig(out_png, format="png")
+    return out_png
 
 
-def _plot_matplotlib(panels: list[Panel], out_png: Path) -> Path:
+def curves_figure(panels: list[Panel]):
+    """The matplotlib `Figure` of `curve_series` panels (one axes each, shared x)."""
     # Figure without pyplot: no global backend or figure state is touched.
     from matplotlib.figure import Figure
 
@@ -197,11 +221,12 @@ def _plot_matplotlib(panels: list[Panel], out_png: Path) -> Path:
     for ax, panel in zip(axes, panels, strict=True):
         for name, (xs, ys) in panel.series.items():
             ax.plot(xs, ys, label=name, marker="o" if len(xs) <= 50 else None, markersize=3)
+        for label, x in panel.vlines.items():
+            ax.axvline(x, color="0.45", linestyle="--", linewidth=1, label=label)
+        ax.set_ylim(*y_range(panel))
         ax.set_title(panel.title)
         ax.grid(alpha=0.3)
         ax.legend(loc="upper right")
     axes[-1].set_xlabel("iter")
     fig.tight_layout()
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, format="png")
-    return out_png
+    return fig

@@ -139,3 +139,57 @@ def test_nice_ticks_cover_the_range_with_round_steps(lo, hi):
     assert np.allclose(steps, steps[0])
     mantissa = steps[0] / 10 ** np.floor(np.log10(steps[0]))
     assert any(np.isclose(mantissa, m) for m in (1, 2, 2.5, 5))
+
+
+def _two_stage_log(path):
+    """Stage A to iter 100 (loss ~1), stage B after (loss ~2, controller weight 0.5 +- 0.0015),
+    teacher (val/) and student AP evaluated at 100 and 200."""
+    lines = []
+    for it in range(10, 201, 10):
+        stage = "A" if it <= 100 else "B"
+        rec = {"iter": it, "stage": stage, "loss": (1.0 if stage == "A" else 2.0) - it / 1000}
+        if stage == "B":
+            rec["controller/weight"] = 0.5 + 0.0015 * ((it // 10) % 3 - 1)
+        lines.append(rec)
+    lines += [{"iter": 100, "val/AP": 10.0}, {"iter": 200, "val/AP": 14.0}, {"iter": 200, "student/AP": 12.5}]
+    path.write_text("\n".join(json.dumps(r) for r in lines))
+    return path
+
+
+def test_curves_mark_stage_b_plot_the_student_and_keep_the_weight_axis_wide(tmp_path):
+    from matplotlib.figure import Figure
+
+    from pipeline.evaluation.pil_plot import y_range
+    from pipeline.evaluation.visualize import curves_figure, stage_b_start
+
+    records = read_log(_two_stage_log(tmp_path / "log.jsonl"))
+    assert stage_b_start(records) == 100
+    panels = curve_series(records)
+    assert [p.title for p in panels] == ["loss", "validation mask AP (%)", "depth controller weight"]
+    assert all(p.vlines == {"stage B": 100.0} for p in panels)
+    assert panels[1].series["student/AP"] == ([200], [12.5])
+    fig = curves_figure(panels)
+    assert isinstance(fig, Figure)
+    loss_ax, ap_ax, weight_ax = fig.axes
+    assert weight_ax.get_ylim() == (0.0, 1.0)  # not a 0.003 range around 0.5
+    assert y_range(panels[2]) == (0.0, 1.0)  # the PIL chart uses the same axis
+    lo, hi = loss_ax.get_ylim()
+    assert hi - lo < 1.5  # other panels keep their data range
+    for ax in fig.axes:
+        marks = [ln for ln in ax.get_lines() if ln.get_label() == "stage B"]
+        assert len(marks) == 1 and list(marks[0].get_xdata()) == [100, 100]
+    labels = {ln.get_label(): ln for ln in ap_ax.get_lines()}
+    assert {"val/AP", "student/AP"} <= set(labels)
+    assert list(labels["student/AP"].get_ydata()) == [12.5]
+    assert plot_curves(tmp_path / "log.jsonl", tmp_path / "curves.png").is_file()
+
+
+def test_pil_chart_draws_the_stage_marker(tmp_path):
+    from pipeline.evaluation.pil_plot import render_panels
+
+    panels = curve_series(read_log(_two_stage_log(tmp_path / "log.jsonl")))
+    plain = [type(p)(p.title, p.series, p.min_span, p.bounds) for p in panels]
+    a = np.asarray(Image.open(render_panels(panels, tmp_path / "a.png")).convert("RGB"))
+    b = np.asarray(Image.open(render_panels(plain, tmp_path / "b.png")).convert("RGB"))
+    marker = np.all(a == (120, 120, 120), axis=2) & ~np.all(b == (120, 120, 120), axis=2)
+    assert marker.sum() > 3 * 20  # a dashed line in each of the three panels
