@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from pipeline.model.backbone import Backbone
 from pipeline.model.depth_fusion import DepthFusion
-from pipeline.model.padding import SpatialPaddingHooks
+from pipeline.model.padding import SpatialPaddingHooks, drop_empty
 from pipeline.model.pixel_decoder import MSDeformAttnPixelDecoder
 from pipeline.model.transformer_decoder import MaskedTransformerDecoder
 
@@ -86,6 +86,7 @@ class MaskFormer(nn.Module):
             # the padding added here is known even when the caller's is not
             base = mask if mask is not None else images.new_zeros((images.shape[0], h, w), dtype=torch.bool)
             mask = F.pad(base, (0, pw - w, 0, ph - h), value=True)
+        mask = drop_empty(mask)
         with self.backbone_padding.masked(mask):
             features = self.backbone(x)
         if self.depth_fusion is not None:

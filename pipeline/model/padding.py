@@ -33,7 +33,14 @@ def downsample_mask(mask: Optional[Tensor], size: tuple[int, int]) -> Optional[T
 
 
 def has_padding(mask: Optional[Tensor]) -> bool:
-    return mask is not None and bool(mask.any())
+    """Whether a mask is given. The model drops a mask without padding once (`drop_empty`), so the
+    helpers need no per-call device sync; an all-False mask gives the plain result, only slower."""
+    return mask is not None
+
+
+def drop_empty(mask: Optional[Tensor]) -> Optional[Tensor]:
+    """None for a mask without any padding (one device sync per forward)."""
+    return mask if mask is not None and bool(mask.any()) else None
 
 
 def zero_padding(x: Tensor, mask: Optional[Tensor]) -> Tensor:

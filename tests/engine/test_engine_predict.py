@@ -96,16 +96,27 @@ def test_predictor_returns_predictions_in_memory(tiny_cache, tiny_config, tmp_pa
     assert len(by_path.above(1.01)) == 0
 
 
-def test_predict_says_which_images_have_nothing_above_the_threshold(tiny_cache, tiny_config, tmp_path, capsys):
+def test_predict_says_which_images_have_nothing_above_the_threshold(tiny_cache, tiny_config, tmp_path):
+    from click.testing import CliRunner
+
+    import cli
+    from pipeline.config_io import save_config
+
     cfg = tiny_config(tiny_cache, tmp_path / "run", "train.device=cpu")
+    save_config(cfg, tmp_path / "config.yaml")
     ckpt = _untrained_checkpoint(cfg, tmp_path / "m.pth")
     images = sorted((tiny_cache / "images/val").glob("*.png"))[:2]
     out = tmp_path / "pred"
-    predict_images(cfg, ckpt, images, out, score_threshold=1.01)  # scores are probabilities: nothing passes
-    printed = capsys.readouterr()
+    args = ["predict", "--config", str(tmp_path / "config.yaml"), "--checkpoint", str(ckpt), "--out", str(out),
+            "--score-threshold", "1.01"]  # scores are probabilities: nothing passes
+    for path in images:
+        args += ["--images", str(path)]
+    result = CliRunner().invoke(cli.main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
     summary = json.loads((out / "summary.json").read_text())
     assert [r["instances"] for r in summary["images"]] == [0, 0]
     for record, path in zip(summary["images"], images, strict=True):
         assert "no instance scored >= 1.01" in record["note"] and record["best_score"] < 1.01
-        assert f"{path.name}: no instance scored >= 1.01" in printed.out + printed.err
+        assert f"{path.name}: no instance scored >= 1.01" in result.output
+    assert "2 of 2 images have no instance scoring >= 1.01" in result.output
     assert json.loads((out / "results.json").read_text()) == []
