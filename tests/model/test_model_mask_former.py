@@ -50,3 +50,23 @@ def test_unknown_backbone_in_config():
     cfg.depth_fusion.enabled = False
     with pytest.raises(ValueError, match="resnet50"):
         build_model(cfg, 3, {})
+
+
+def test_padding_mask_shape_is_checked_and_a_copy_masks_its_own_backbone():
+    import copy
+
+    cfg = _cfg()
+    cfg.depth_fusion.enabled = False
+    model = build_model(cfg, 3, {}).eval()
+    with pytest.raises(ValueError, match="mask must be"):
+        model(torch.rand(1, 3, 64, 64), None, torch.zeros(1, 32, 32, dtype=torch.bool))
+    teacher = copy.deepcopy(model)  # the EMA teacher is a deep copy
+    images = torch.rand(2, 3, 64, 96)
+    mask = torch.zeros(2, 64, 96, dtype=torch.bool)
+    mask[0, 40:] = True
+    mask[0, :, 60:] = True
+    with torch.no_grad():
+        a, b = model(images, None, mask), teacher(images, None, mask)
+        alone = teacher(images[:1, :, :40, :60])
+    torch.testing.assert_close(a["pred_logits"], b["pred_logits"])
+    torch.testing.assert_close(b["pred_logits"][:1], alone["pred_logits"], atol=1e-5, rtol=0)
