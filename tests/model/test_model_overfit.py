@@ -100,8 +100,11 @@ def small_config(fusion: bool = False) -> ModelConfig:
     return cfg
 
 
-def train_and_score(images, targets, steps: int, cfg: ModelConfig, depth=None, lr: float = 1e-3) -> float:
-    """Full-batch AdamW on the scenes, then mask AP on the same scenes in eval mode."""
+def train_and_score(images, targets, steps: int, cfg: ModelConfig, depth=None, lr: float = 1e-3,
+                    padding=None) -> float:
+    """Full-batch AdamW on the scenes, then mask AP on the same scenes in eval mode.
+
+    padding: (B, H, W) bool, True where a scene is padded (its image is the top-left block)."""
     torch.manual_seed(0)
     depth_channels = {k: v.shape[1] for k, v in depth.items()} if depth else {}
     model = build_model(cfg, 3, depth_channels)
@@ -109,7 +112,7 @@ def train_and_score(images, targets, steps: int, cfg: ModelConfig, depth=None, l
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     model.train()
     for _ in range(steps):
-        losses = criterion(model(images, depth), targets)
+        losses = criterion(model(images, depth, padding), targets)
         loss = sum(losses.values())
         assert torch.isfinite(loss)
         opt.zero_grad()
@@ -118,10 +121,14 @@ def train_and_score(images, targets, steps: int, cfg: ModelConfig, depth=None, l
         opt.step()
     model.eval()
     with torch.no_grad():
-        outputs = model(images, depth)
-    size = tuple(images.shape[-2:])
-    preds = postprocess(outputs, [size] * len(images), [size] * len(images), max_det=20)
-    return mask_ap(preds, targets)
+        outputs = model(images, depth, padding)
+    if padding is None:
+        sizes = [tuple(images.shape[-2:])] * len(images)
+    else:
+        sizes = [(int((~p).any(1).sum()), int((~p).any(0).sum())) for p in padding]
+    preds = postprocess(outputs, sizes, sizes, max_det=20)
+    return mask_ap(preds, [{"labels": t["labels"], "masks": t["masks"][:, :h, :w]}
+                           for t, (h, w) in zip(targets, sizes, strict=True)])
 
 
 def test_ground_truth_scores_ap_one():
@@ -159,3 +166,21 @@ def test_depth_fusion_learns_instances_only_depth_shows():
     ap_off = train_and_score(images, targets, steps=60, cfg=small_config(fusion=False))
     assert ap_off < 0.1
     assert ap_on > ap_off + 0.3
+
+
+@pytest.mark.slow
+def test_overfits_scenes_of_mixed_sizes_padded_into_one_batch():
+    """Scenes cropped to four sizes (portrait, landscape, square) and zero-padded back to one batch,
+    trained and scored with the padding mask, as the engine's batches are."""
+    images, targets, _ = make_scenes(8, 64, seed=3)
+    padding = torch.zeros(8, 64, 64, dtype=torch.bool)
+    kept = []
+    for i, (h, w) in enumerate([(64, 64), (64, 44), (44, 64), (52, 52)] * 2):
+        padding[i, h:] = True
+        padding[i, :, w:] = True
+        images[i, :, h:] = 0
+        images[i, :, :, w:] = 0
+        masks = targets[i]["masks"] & ~padding[i]
+        keep = masks.flatten(1).sum(1) >= 20  # instances cropped away (or nearly) are dropped
+        kept.append({"labels": targets[i]["labels"][keep], "masks": masks[keep]})
+    assert train_and_score(images, kept, steps=60, cfg=small_config(), padding=padding) >= 0.8
