@@ -81,6 +81,11 @@ class DepthFusionConfig:
     sources: dict[str, str] = setting(
         factory=lambda: {"res2": "path_4", "res3": "path_4", "res4": "path_4", "res5": "path_4"},
         help="backbone level (res2..res5) -> the cached map fused into it (path_1..path_4, or files' depth_s{k})")
+    inside_backbone: bool = setting(
+        False, help="fuse each level as the backbone produces it, so later stages compute on depth (else side by side)")
+    init: Literal["identity", "open"] = setting(
+        "identity", help="depth weights of the fusion conv: identity = zero (RGB model at step 0, for a trained "
+                         "backbone); open = random, so depth is used from step 0 (from-scratch runs)")
 
 
 @dataclass
@@ -102,6 +107,9 @@ class ModelConfig:
     enc_layers: int = setting(2, range="[0, inf)", help="deformable-attention encoder layers in the pixel decoder")
     mask_dim: int = setting(128, range="[1, inf)", help="channels of the per-pixel mask embeddings")
     pre_norm: bool = setting(False, help="LayerNorm before each decoder block (false: after, Mask2Former's default)")
+    query_init: Literal["learned", "encoder"] = setting(
+        "learned", help="decoder queries: learned embeddings (Mask2Former) or encoder = the top-scored pixel-decoder "
+                        "tokens (two-stage, MaskDINO)")
     depth_fusion: DepthFusionConfig = field(default_factory=DepthFusionConfig)
     # losses (Mask2Former defaults)
     class_weight: float = setting(2.0, range="[0, inf)",

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import difflib
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Optional
 
 import timm
 import torch
 from timm.layers import freeze_batch_norm_2d
+from timm.models._features import FeatureDictNet
 from torch import Tensor, nn
 
 LEVEL_STRIDES = {"res2": 4, "res3": 8, "res4": 16, "res5": 32}
@@ -143,7 +145,24 @@ class Backbone(nn.Module):
             raise ValueError(f"backbone weights {path} do not fit timm model {self.name!r}: " + "; ".join(parts))
         self.body.load_state_dict(mapped)
 
-    def forward(self, x: Tensor) -> dict[str, Tensor]:
-        """x: (B, 3, H, W) normalised, H and W multiples of 32 -> {level: (B, C_l, H/s_l, W/s_l)}."""
-        feats = self.body(x)
-        return {level: feats[i] for level, i in self._index.items()}
+    def forward(self, x: Tensor, fuse: Optional[Callable[[str, Tensor], Tensor]] = None) -> dict[str, Tensor]:
+        """x: (B, 3, H, W) normalised, H and W multiples of 32 -> {level: (B, C_l, H/s_l, W/s_l)}.
+
+        `fuse(level, map) -> map`, if given, replaces each level's map as soon as its stage has run,
+        so the later stages compute on the replaced map (Depth Fusion inside the backbone).
+        """
+        if fuse is None:
+            feats = self.body(x)
+            return {level: feats[i] for level, i in self._index.items()}
+        if not isinstance(self.body, FeatureDictNet):
+            raise ValueError(f"Depth Fusion inside the backbone needs a timm model whose features_only wrapper runs "
+                             f"its stages in sequence; {self.name!r} is wrapped by {type(self.body).__name__}: "
+                             "set model.depth_fusion.inside_backbone=false")
+        level_of = {name: level for name, idx in self.body.return_layers.items()
+                    for level, i in self._index.items() if int(idx) == i}
+        out = {}
+        for name, module in self.body.items():
+            x = module(x)
+            if name in level_of:
+                x = out[level_of[name]] = fuse(level_of[name], x)
+        return out

@@ -29,7 +29,9 @@ def build_model(cfg: ModelConfig, num_classes: int, depth_channels: dict[str, in
                 "model.depth_fusion.enabled is true but the depth source provides no features "
                 "(depth mode 'none'?); disable Depth Fusion or choose a depth mode"
             )
-        fusion = DepthFusion(cfg.depth_fusion.sources, backbone.channels, depth_channels)
+        fusion = DepthFusion(cfg.depth_fusion.sources, backbone.channels, depth_channels,
+                             inside_backbone=cfg.depth_fusion.inside_backbone,
+                             init=cfg.depth_fusion.init)
     input_shape = {k: (backbone.channels[k], backbone.strides[k]) for k in backbone.channels}
     pixel_decoder = MSDeformAttnPixelDecoder(
         input_shape,
@@ -49,6 +51,7 @@ def build_model(cfg: ModelConfig, num_classes: int, depth_channels: dict[str, in
         dec_layers=cfg.dec_layers,
         pre_norm=cfg.pre_norm,
         mask_dim=cfg.mask_dim,
+        query_init=cfg.query_init,
     )
     return MaskFormer(backbone, pixel_decoder, decoder, fusion)
 

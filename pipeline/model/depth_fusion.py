@@ -14,6 +14,12 @@ cached input anyway.)
 
 With a padding mask, the resize reads the depth map's image cells only (`masked_interpolate`), so
 a level's fused features near the image's edge do not depend on how far the batch pads it.
+
+Where: side by side (default) fuses the backbone's finished outputs, so only the pixel decoder sees
+depth; `inside_backbone` fuses each stage's output before the next stage runs, so res3..res5 are
+computed from depth-informed maps and their 3x3 convolutions can turn a raw depth map (the `files`
+source's one-channel pyramid) into depth edges, which a 1x1 fusion of finished levels cannot.
+At step 0 both equal the RGB model (the [0 | I] initialisation).
 """
 
 from __future__ import annotations
@@ -33,11 +39,21 @@ class DepthFusion(nn.Module):
         sources: {backbone level (res2..res5): depth feature name (path_1..path_4, ...)}.
         backbone_channels: {backbone level: channels}.
         depth_channels: {depth feature name: channels}.
+        inside_backbone: fuse each level as the backbone produces it, so the later stages compute on
+            the fused map (depth reaches res3..res5 through their convolutions, as in early fusion);
+            False = fuse the finished levels side by side (the stages never see depth).
+        init: "identity" = depth columns zero (the RGB model at step 0: right when fine-tuning a
+            trained RGB model); "open" = depth columns random, N(0, 1/C_d), so depth drives the features
+            from step 0 (right from scratch: zero columns grow by about lr per step, and after hundreds
+            of AdamW steps at 3e-4 depth still moves the features by a few per cent).
     """
 
     def __init__(self, sources: dict[str, str], backbone_channels: dict[str, int],
-                 depth_channels: dict[str, int]) -> None:
+                 depth_channels: dict[str, int], inside_backbone: bool = False, init: str = "identity") -> None:
         super().__init__()
+        if init not in ("identity", "open"):
+            raise ValueError(f"Depth Fusion init must be 'identity' or 'open' (got {init!r})")
+        self.inside_backbone = inside_backbone
         if not sources:
             raise ValueError("Depth Fusion is enabled but has no sources (backbone level -> depth feature)")
         for level, name in sources.items():
@@ -55,6 +71,8 @@ class DepthFusion(nn.Module):
             conv = nn.Conv2d(c_d + c_b, c_b, kernel_size=1)
             with torch.no_grad():
                 conv.weight.zero_()
+                if init == "open":  # unit-variance depth features give each output a unit-variance share
+                    conv.weight[:, :c_d].normal_(0.0, c_d ** -0.5)
                 conv.weight[:, c_d:, 0, 0] = torch.eye(c_b)
                 conv.bias.zero_()
             self.fuse[level] = conv
@@ -71,14 +89,22 @@ class DepthFusion(nn.Module):
             a new dict with the chosen levels fused (same shapes), the others passed through.
         """
         out = dict(features)
-        for level, name in self.sources.items():
-            if name not in depth_features:
-                raise KeyError(f"Depth Fusion needs depth feature {name!r} for {level}; got {sorted(depth_features)}")
-            f_b = features[level]
-            f_d = depth_features[name]
-            if f_d.dim() != 4 or f_d.shape[0] != f_b.shape[0] or f_d.shape[1] != self.depth_channels[name]:
-                raise ValueError(f"depth feature {name!r} has shape {tuple(f_d.shape)}; expected "
-                                 f"({f_b.shape[0]}, {self.depth_channels[name]}, h, w)")
-            f_d = masked_interpolate(f_d, downsample_mask(mask, f_d.shape[-2:]), f_b.shape[-2:])
-            out[level] = self.fuse[level](torch.cat([f_d.to(f_b.dtype), f_b], dim=1))
+        for level in self.sources:
+            out[level] = self.fuse_level(level, features[level], depth_features, mask)
         return out
+
+    def fuse_level(self, level: str, f_b: Tensor, depth_features: dict[str, Tensor],
+                   mask: Optional[Tensor] = None) -> Tensor:
+        """Fuse one backbone level: (B, C_b, h, w) -> (B, C_b, h, w); the same map when `level` is not a source.
+        `mask`: (B, H, W) padding of the input (True on padding) or None."""
+        name = self.sources.get(level)
+        if name is None:
+            return f_b
+        if name not in depth_features:
+            raise KeyError(f"Depth Fusion needs depth feature {name!r} for {level}; got {sorted(depth_features)}")
+        f_d = depth_features[name]
+        if f_d.dim() != 4 or f_d.shape[0] != f_b.shape[0] or f_d.shape[1] != self.depth_channels[name]:
+            raise ValueError(f"depth feature {name!r} has shape {tuple(f_d.shape)}; expected "
+                             f"({f_b.shape[0]}, {self.depth_channels[name]}, h, w)")
+        f_d = masked_interpolate(f_d, downsample_mask(mask, f_d.shape[-2:]), f_b.shape[-2:])
+        return self.fuse[level](torch.cat([f_d.to(f_b.dtype), f_b], dim=1))

@@ -87,12 +87,16 @@ class MaskFormer(nn.Module):
             base = mask if mask is not None else images.new_zeros((images.shape[0], h, w), dtype=torch.bool)
             mask = F.pad(base, (0, pw - w, 0, ph - h), value=True)
         mask = drop_empty(mask)
+        fusion = self.depth_fusion
+        if fusion is not None and (ph, pw) != (h, w):
+            depth_features = {k: _pad_like(v, (h, w), (ph, pw)) for k, v in depth_features.items()}
         with self.backbone_padding.masked(mask):
-            features = self.backbone(x)
-        if self.depth_fusion is not None:
-            if (ph, pw) != (h, w):
-                depth_features = {k: _pad_like(v, (h, w), (ph, pw)) for k, v in depth_features.items()}
-            features = self.depth_fusion(features, depth_features, mask)
+            if fusion is not None and fusion.inside_backbone:
+                features = self.backbone(x, fuse=lambda level, f: fusion.fuse_level(level, f, depth_features, mask))
+            else:
+                features = self.backbone(x)
+                if fusion is not None:
+                    features = fusion(features, depth_features, mask)
         mask_features, multi_scale = self.pixel_decoder(features, mask)
         out = self.transformer_decoder(multi_scale, mask_features, mask)
         mh, mw = math.ceil(h / 4), math.ceil(w / 4)

@@ -109,8 +109,12 @@ class MaskedTransformerDecoder(nn.Module):
         pre_norm: bool = False,
         mask_dim: int = 256,
         num_feature_levels: int = 3,
+        query_init: str = "learned",
     ) -> None:
         super().__init__()
+        if query_init not in ("learned", "encoder"):
+            raise ValueError(f"query_init must be 'learned' or 'encoder' (got {query_init!r})")
+        self.query_init = query_init
         self.num_heads = nheads
         self.num_layers = dec_layers
         self.num_feature_levels = num_feature_levels
@@ -131,6 +135,10 @@ class MaskedTransformerDecoder(nn.Module):
                 self.input_proj.append(conv)
             else:
                 self.input_proj.append(nn.Identity())
+        if query_init == "encoder":
+            # two-stage (MaskDINO): score every pixel-decoder token, start the queries from the top-k
+            self.enc_output = nn.Linear(hidden_dim, hidden_dim)
+            self.enc_norm = nn.LayerNorm(hidden_dim)
         self.class_embed = nn.Linear(hidden_dim, num_classes + 1)
         self.mask_embed = MLP(hidden_dim, hidden_dim, mask_dim, 3)
         for module in (*self.self_attn, *self.cross_attn, *self.ffn):
@@ -161,10 +169,14 @@ class MaskedTransformerDecoder(nn.Module):
         b = mask_features.shape[0]
         mask_pad = downsample_mask(mask, mask_features.shape[-2:])
         query_embed = self.query_embed.weight.unsqueeze(1).repeat(1, b, 1)  # (Q, B, C)
-        output = self.query_feat.weight.unsqueeze(1).repeat(1, b, 1)
+        if self.query_init == "encoder":
+            output, (cls, msk, attn_mask) = self._select_queries(src, pads, mask_features, mask_pad,
+                                                                 features[0].shape[-2:])
+        else:
+            output = self.query_feat.weight.unsqueeze(1).repeat(1, b, 1)
+            cls, msk, attn_mask = self._heads(output, mask_features, features[0].shape[-2:], mask_pad, pads[0])
 
         classes, masks = [], []
-        cls, msk, attn_mask = self._heads(output, mask_features, features[0].shape[-2:], mask_pad, pads[0])
         classes.append(cls)
         masks.append(msk)
         for i in range(self.num_layers):
@@ -183,6 +195,28 @@ class MaskedTransformerDecoder(nn.Module):
                 {"pred_logits": c, "pred_masks": m} for c, m in zip(classes[:-1], masks[:-1], strict=True)
             ],
         }
+
+    def _select_queries(self, src: list[Tensor], pads: list[Tensor | None], mask_features: Tensor,
+                        mask_pad: Optional[Tensor], size) -> tuple[Tensor, tuple]:
+        """Two-stage query initialisation (MaskDINO): every pixel-decoder token gets class and mask
+        predictions from the shared heads; the Q tokens with the highest foreground score become the
+        initial queries (detached, as in MaskDINO) and their predictions are the decoder's first
+        (supervised) output, so the queries start on objects instead of learning where they are from
+        scratch; padding tokens are never chosen. `size`: the first level's grid. Returns the queries
+        (Q, B, C) and (class logits, mask logits, attention mask)."""
+        memory = self.enc_norm(self.enc_output(torch.cat(src, dim=0)))  # (N, B, C)
+        with torch.no_grad():
+            scores = self.class_embed(self.decoder_norm(memory))[..., :-1].max(-1).values  # (N, B)
+            if pads[0] is not None:  # padding tokens are never chosen
+                padded = torch.cat([p.flatten(1) for p in pads], dim=1).transpose(0, 1)  # (N, B)
+                scores = scores.masked_fill(padded, float("-inf"))
+        k = min(self.query_feat.num_embeddings, memory.shape[0])
+        idx = scores.topk(k, dim=0).indices  # (k, B)
+        chosen = memory.gather(0, idx[..., None].expand(-1, -1, memory.shape[-1]))  # (k, B, C)
+        if k < self.query_feat.num_embeddings:  # fewer tokens than queries: learned queries fill up
+            rest = self.query_feat.weight[k:].unsqueeze(1).repeat(1, chosen.shape[1], 1)
+            chosen = torch.cat([chosen, rest], dim=0)
+        return chosen.detach(), self._heads(chosen, mask_features, size, mask_pad, pads[0])
 
     def _heads(self, output: Tensor, mask_features: Tensor, size, mask_pad: Optional[Tensor] = None,
                level_pad: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Tensor]:

@@ -48,11 +48,15 @@ def dataset(tmp_path_factory):
     return ds, reader.feature_channels()
 
 
-def _model(channels: dict[str, int]):
+def _model(channels: dict[str, int], recipe: str = "default"):
     torch.manual_seed(0)
     cfg = ModelConfig(backbone="resnet18", hidden_dim=32, mask_dim=16, num_queries=8, nheads=2,
                       dim_feedforward=64, dec_layers=3, enc_layers=2)  # fmt: skip
     cfg.depth_fusion.sources = {"res2": "path_3", "res3": "path_3", "res4": "path_4", "res5": "path_4"}
+    if recipe == "from-scratch":  # the demo's recipe, and queries chosen from the encoder's tokens
+        cfg.depth_fusion.inside_backbone = True
+        cfg.depth_fusion.init = "open"
+        cfg.query_init = "encoder"
     return build_model(cfg, 3, {k: channels[k] for k in ("path_3", "path_4")}).eval()
 
 
@@ -63,9 +67,10 @@ def _predict(model, ds, channels, batch_size: int, order: list[int]) -> dict[str
     return dict(predict_loader(model, loader, torch.device("cpu"), provider, 10, True, show_progress=False))
 
 
-def test_predictions_are_the_same_alone_and_in_any_batch(dataset):
+@pytest.mark.parametrize("recipe", ["default", "from-scratch"])
+def test_predictions_are_the_same_alone_and_in_any_batch(dataset, recipe):
     ds, channels = dataset
-    model = _model(channels)
+    model = _model(channels, recipe)
     n = len(ds)
     alone = _predict(model, ds, channels, 1, list(range(n)))
     batches = {

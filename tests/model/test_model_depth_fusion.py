@@ -73,3 +73,55 @@ def test_model_with_fusion_equals_model_without_at_init():
     assert torch.equal(a["pred_masks"], b["pred_masks"])
     with pytest.raises(ValueError, match="depth_features"):
         fused(images)
+
+
+def _perturb_fusion_weights(model) -> None:
+    """Give the depth columns of every fusion conv a non-zero weight (as after some training)."""
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for conv in model.depth_fusion.fuse.values():
+            conv.weight[:, :1] = torch.randn_like(conv.weight[:, :1])
+
+
+@pytest.mark.parametrize("inside", [False, True])
+def test_inside_backbone_lets_later_stages_compute_on_depth(inside):
+    """Fusing only res2: side by side, res5 never sees depth; inside the backbone, res3..res5 are computed
+    from the fused res2, so depth changes them. Both equal the RGB model at initialisation."""
+    cfg = _small_cfg(True)
+    cfg.depth_fusion.sources = {"res2": "depth_s4"}
+    cfg.depth_fusion.inside_backbone = inside
+    torch.manual_seed(0)
+    model = build_model(cfg, 3, {"depth_s4": 1}).eval()
+    images = torch.rand(2, 3, 64, 64)
+    d1, d2 = {"depth_s4": torch.rand(2, 1, 16, 16)}, {"depth_s4": torch.rand(2, 1, 16, 16)}
+    rgb = model.backbone((images - model.pixel_mean) / model.pixel_std)
+    fuse = (lambda lvl, f: model.depth_fusion.fuse_level(lvl, f, d1)) if inside else None
+    at_init = model.backbone((images - model.pixel_mean) / model.pixel_std, fuse=fuse)
+    assert all(torch.equal(rgb[k], at_init[k]) for k in rgb)
+    _perturb_fusion_weights(model)
+    x = (images - model.pixel_mean) / model.pixel_std
+    if inside:
+        r1 = model.backbone(x, fuse=lambda lvl, f: model.depth_fusion.fuse_level(lvl, f, d1))
+        r2 = model.backbone(x, fuse=lambda lvl, f: model.depth_fusion.fuse_level(lvl, f, d2))
+    else:
+        r1, r2 = model.depth_fusion(model.backbone(x), d1), model.depth_fusion(model.backbone(x), d2)
+    assert not torch.allclose(r1["res2"], r2["res2"])
+    assert torch.allclose(r1["res5"], r2["res5"]) != inside
+    # and the model's forward takes the configured path
+    out1, out2 = model(images, d1), model(images, d2)
+    assert not torch.allclose(out1["pred_logits"], out2["pred_logits"])
+
+
+def test_open_init_uses_depth_from_step_zero_and_identity_does_not():
+    feats = _feats()
+    depth = {"path_4": torch.randn(2, 8, 5, 7)}
+    torch.manual_seed(0)
+    open_ = DepthFusion({"res4": "path_4"}, BACKBONE, {"path_4": 8}, init="open")
+    shift = open_(feats, depth)["res4"] - feats["res4"]
+    # each output channel gets a unit-variance share of unit-variance depth features
+    assert 0.5 < shift.std().item() < 2.0
+    assert torch.equal(open_.fuse["res4"].weight[:, 8:, 0, 0], torch.eye(32))  # backbone half still the identity
+    ident = DepthFusion({"res4": "path_4"}, BACKBONE, {"path_4": 8}, init="identity")
+    assert torch.equal(ident(feats, depth)["res4"], feats["res4"])
+    with pytest.raises(ValueError, match="init"):
+        DepthFusion({"res4": "path_4"}, BACKBONE, {"path_4": 8}, init="zeros")

@@ -101,14 +101,14 @@ def small_config(fusion: bool = False) -> ModelConfig:
 
 
 def train_and_score(images, targets, steps: int, cfg: ModelConfig, depth=None, lr: float = 1e-3,
-                    padding=None) -> float:
+                    padding=None, num_classes: int = 3) -> float:
     """Full-batch AdamW on the scenes, then mask AP on the same scenes in eval mode.
 
     padding: (B, H, W) bool, True where a scene is padded (its image is the top-left block)."""
     torch.manual_seed(0)
     depth_channels = {k: v.shape[1] for k, v in depth.items()} if depth else {}
-    model = build_model(cfg, 3, depth_channels)
-    criterion = build_criterion(cfg, 3)
+    model = build_model(cfg, num_classes, depth_channels)
+    criterion = build_criterion(cfg, num_classes)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     model.train()
     for _ in range(steps):
@@ -128,7 +128,7 @@ def train_and_score(images, targets, steps: int, cfg: ModelConfig, depth=None, l
         sizes = [(int((~p).any(1).sum()), int((~p).any(0).sum())) for p in padding]
     preds = postprocess(outputs, sizes, sizes, max_det=20)
     return mask_ap(preds, [{"labels": t["labels"], "masks": t["masks"][:, :h, :w]}
-                           for t, (h, w) in zip(targets, sizes, strict=True)])
+                           for t, (h, w) in zip(targets, sizes, strict=True)], num_classes)
 
 
 def test_ground_truth_scores_ap_one():
@@ -186,3 +186,37 @@ def test_overfits_scenes_of_mixed_sizes_padded_into_one_batch():
     # measured 0.77 here (deterministic on one machine): edge-cropped partial shapes are harder than
     # the whole scenes of test_overfits_eight_small_scenes; an untrained model scores ~0
     assert train_and_score(images, kept, steps=60, cfg=small_config(), padding=padding) >= 0.7
+
+
+def _small_preset_scenes(n: int, size: int, seed: int):
+    """Scenes of the generator's small-object preset (objects on a ground plane, distractors, 4 classes):
+    images, targets (labels 0..3) and the normalised depth (1 = nearest) pooled to stride 4, as the
+    `files` source caches it (depth_s4)."""
+    from pipeline.data.synthetic import PRESETS, render_scene
+
+    rng = np.random.default_rng(seed)
+    images, targets, depths = [], [], []
+    for _ in range(n):
+        rgb, depth_mm, masks, labels = render_scene(rng, size, spec=PRESETS["small"])
+        d = depth_mm.astype(np.float32)
+        d = (d.max() - d) / max(d.max() - d.min(), 1.0)
+        images.append(torch.from_numpy(rgb).permute(2, 0, 1).float() / 255)
+        depths.append(torch.nn.functional.avg_pool2d(torch.from_numpy(d)[None, None], 4)[0])
+        targets.append({"labels": torch.from_numpy(labels - 1), "masks": torch.from_numpy(masks)})
+    return torch.stack(images), targets, torch.stack(depths)
+
+
+@pytest.mark.slow
+def test_from_scratch_depth_fusion_learns_small_objects_on_a_ground_plane():
+    """The small-object preset (many objects 8-17 px across, colour-ambiguous, on a ground plane, painted
+    distractors): the from-scratch recipe of the demo configs (depth fused inside the backbone from random
+    'open' fusion weights, depth at stride 4 for res2) fits the scenes. (The earlier recipe, zero depth
+    weights fused beside the backbone, fits these 12 scenes too (AP 0.82 vs 0.75 measured): memorising a
+    few scenes does not tell the recipes apart; held-out AP after 200 steps on 2,000 scenes does, 0.12
+    vs 0.74, see the README.)"""
+    images, targets, depth = _small_preset_scenes(12, 96, seed=3)
+    cfg = small_config(fusion=True)
+    cfg.depth_fusion.sources = {"res2": "depth", "res3": "depth", "res4": "depth", "res5": "depth"}
+    cfg.depth_fusion.inside_backbone = True
+    cfg.depth_fusion.init = "open"
+    assert train_and_score(images, targets, steps=80, cfg=cfg, depth={"depth": depth}, num_classes=4) >= 0.5
