@@ -240,10 +240,10 @@ def test_config_show_lists_every_key_with_value_default_source_and_meaning():
         assert f"[{section}]" in out and f" {name} = " in out, key
         assert f.metadata["help"] in out, key
     assert "* max_iter = 160   (default 1000; from command-line override 'train.max_iter=160')" in out
-    assert "* lr = 0.0003   (default 0.0001; from configs/demo.yaml)" in out
+    assert "* lr = 0.001   (default 0.0001; from configs/demo.yaml)" in out
     assert "  batch_size = 8   (the default" in out  # the demo sets it to the default value
     changed = _cli("config", "show", "--config", "configs/demo.yaml", "--changed").stdout
-    assert "* lr = 0.0003" in changed and " hflip = " not in changed
+    assert "* lr = 0.001" in changed and " hflip = " not in changed
 
 
 def test_config_show_reports_range_errors_and_schedule_warnings():
