@@ -532,19 +532,25 @@ def bench_step_cmd(steps: int, image_size: int, batch_size: int, estimator: str,
               help="Also train and evaluate the project's model (supervised, the config's Depth Fusion setting).")
 @click.option("--norm", type=click.Choice(["bn", "frozen"]), default="bn", show_default=True,
               help="Mask R-CNN backbone norm: BatchNorm2d, or torchvision's FrozenBatchNorm2d (identity at init).")
+@click.option("--equal-time", type=click.Choice(["rgb", "depth", "rgbd"]), default=None,
+              help="Train the project for as long as this anchor trained (iterations from a short probe), "
+                   "instead of for the same iterations.")
+@click.option("--probe-iters", type=int, default=12, show_default=True,
+              help="--equal-time: iterations of the probe that measures the project's s/it (the first 3 not timed).")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--out", "out_dir", default="runs/bench_anchor", show_default=True, type=click.Path(file_okay=False),
               help="Where every run's output goes (must be empty or absent).")
 @click.argument("overrides", nargs=-1)
 def bench_anchor_cmd(config: str | None, iters: int | None, batch_size: int | None, modes: str, project: bool,
-                     norm: str, device: str, out_dir: str, overrides: tuple[str, ...]) -> None:
+                     norm: str, equal_time: str | None, probe_iters: int, device: str, out_dir: str,
+                     overrides: tuple[str, ...]) -> None:
     """Mask R-CNN anchor (RGB, depth, RGB + depth) beside the project's model: mask AP and wall time, one table."""
     from bench.bench_anchor import parse_modes, run_bench
 
     cfg = _load(config, overrides)
     try:
         run_bench(cfg, iters=iters, batch_size=batch_size, modes=tuple(parse_modes(modes)), project=project,
-                  device=device, out_dir=out_dir, norm=norm)
+                  device=device, out_dir=out_dir, norm=norm, equal_time=equal_time, probe_iters=probe_iters)
     except (*_user_errors(), FileExistsError) as err:
         raise click.ClickException(_message(err)) from err
 

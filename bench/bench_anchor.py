@@ -1,7 +1,7 @@
 """Side by side: torchvision's Mask R-CNN anchor (RGB, depth, RGB + depth) and the project's model.
 
 `python cli.py bench anchor --config C [--iters N] [--batch-size B] [--modes rgb,depth,rgbd]
-[--project/--no-project] [a.b=c ...]`: every run uses the config's labelled data
+[--project/--no-project] [--equal-time MODE] [a.b=c ...]`: every run uses the config's labelled data
 (`data.train_json`), its val split and its depth cache, the same number of iterations and batch
 size (the config's `train.max_iter` / `train.batch_size` unless given), and is scored by the
 project's COCO mask AP evaluator. The project's run is its real supervised trainer
@@ -9,6 +9,12 @@ project's COCO mask AP evaluator. The project's run is its real supervised train
 Fusion is on when the config enables it. Wall time is the whole run: building data and model,
 training, and one evaluation of the val split; s/it is the training loop alone.
 Writes every run's output under `--out` and the table as `anchor_bench.json`.
+
+`--equal-time MODE` compares at equal training time instead of equal iterations: the anchors run
+first, then a short probe run of the project measures its seconds per iteration, and the project
+trains for as many iterations as fit in the MODE anchor's training time (its LR schedule spans
+those iterations, so it is a complete run, not a cut-off one). The probe's time is reported
+apart and is not charged to the project's row.
 """
 
 from __future__ import annotations
@@ -51,6 +57,34 @@ def project_config(cfg: Config, iters: int, batch_size: int, device: str, out_di
     return p
 
 
+PROBE_WARMUP = 3  # the probe's first steps (allocation, loader start) are left out of its s/it
+
+
+def probe_seconds_per_iter(cfg: Config, iters: int, out_dir: Path) -> tuple[float, float]:
+    """(seconds per training iteration after the first PROBE_WARMUP, wall seconds of the probe) of a short run
+    of the project's real trainer on `cfg`; `iters` must exceed PROBE_WARMUP."""
+    from pipeline.engine.trainer import train
+
+    if iters <= PROBE_WARMUP:
+        raise ValueError(f"bench anchor: the probe needs more than {PROBE_WARMUP} iterations (got {iters})")
+    p = copy.deepcopy(cfg)
+    p.train.max_iter, p.train.log_period, p.train.output_dir = iters, 1, str(out_dir)
+    p.train.warmup_iters = min(p.train.warmup_iters, iters - 1)
+    t0 = time.perf_counter()
+    train(p)
+    wall = time.perf_counter() - t0
+    logged = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    times = {r["iter"]: r["time"] for r in logged if "time" in r}
+    return (times[iters] - times[PROBE_WARMUP]) / (iters - PROBE_WARMUP), wall
+
+
+def equal_time_iters(budget_s: float, s_per_it: float) -> int:
+    """Iterations of `s_per_it` seconds that fit in `budget_s` seconds (at least one)."""
+    if not (math.isfinite(s_per_it) and s_per_it > 0):
+        raise ValueError(f"bench anchor: cannot size an equal-time run from {s_per_it} s per iteration")
+    return max(1, round(budget_s / s_per_it))
+
+
 def run_project(cfg: Config) -> dict:
     """Train the project's model on `cfg` (supervised) and return its row."""
     from pipeline.engine.trainer import train
@@ -80,7 +114,7 @@ def run_anchor(cfg: Config, mode: str, reader, iters: int, batch_size: int, devi
     label = MODE_LABELS[mode] + ("" if norm == "bn" else f", {norm} BN")
     return {"method": label, "iters": iters, "batch": batch_size, "AP": run.metrics.get("AP", float("nan")),
             "AP50": run.metrics.get("AP50", float("nan")), "s_per_it": run.train_s / iters, "wall_s": wall,
-            "out": str(out_dir)}  # fmt: skip
+            "train_s": run.train_s, "mode": mode, "out": str(out_dir)}  # fmt: skip
 
 
 def _ratio(a: float, b: float) -> str:
@@ -104,12 +138,19 @@ def format_table(rows: list[dict], reference: int) -> str:
 
 def run_bench(cfg: Config, iters: Optional[int] = None, batch_size: Optional[int] = None,
               modes: tuple[str, ...] = ("rgb", "depth", "rgbd"), project: bool = True, device: str = "cpu",
-              out_dir: str | Path = "runs/bench_anchor", norm: str = "bn") -> list[dict]:  # fmt: skip
-    """Run the anchors (and the project's model), print the table, write `anchor_bench.json`; returns the rows."""
+              out_dir: str | Path = "runs/bench_anchor", norm: str = "bn", equal_time: Optional[str] = None,
+              probe_iters: int = 12) -> list[dict]:  # fmt: skip
+    """Run the anchors (and the project's model), print the table, write `anchor_bench.json`; returns the rows.
+
+    With `equal_time` (one of `modes`), the project runs last, for the iterations that fit in that anchor's
+    training time (see the module's docstring)."""
     iters = cfg.train.max_iter if iters is None else iters
     batch_size = cfg.train.batch_size if batch_size is None else batch_size
     if not modes and not project:
         raise ValueError("bench anchor: nothing to run (no --modes and --no-project)")
+    if equal_time is not None and (equal_time not in modes or not project):
+        raise ValueError(f"bench anchor: --equal-time {equal_time} needs that mode in --modes ({','.join(modes)}) "
+                         "and the project's run")  # fmt: skip
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"bench anchor: {out} is not empty (it holds an earlier bench's runs); "
@@ -129,15 +170,28 @@ def run_bench(cfg: Config, iters: Optional[int] = None, batch_size: Optional[int
         (out / "anchor_bench.json").write_text(json.dumps({"rows": rows, "device": str(dev), "threads": threads},
                                                           indent=1))  # fmt: skip
 
-    if project:
+    if project and equal_time is None:
         record(run_project(project_config(cfg, iters, batch_size, device, out / "project")))
     for mode in modes:
         record(run_anchor(cfg, mode, reader, iters, batch_size, dev, out / f"anchor_{mode}", norm))
+    note = ""
+    if equal_time is not None:
+        budget = next(r["train_s"] for r in rows if r.get("mode") == equal_time)
+        s_it, probe_wall = probe_seconds_per_iter(project_config(cfg, probe_iters, batch_size, device, out / "probe"),
+                                                  probe_iters, out / "probe")  # fmt: skip
+        n = equal_time_iters(budget, s_it)
+        print(f"bench anchor: the {equal_time} anchor trained {budget:.0f} s; the project's probe measured "
+              f"{s_it:.3f} s/it, so it trains {n} iterations")  # fmt: skip
+        record(run_project(project_config(cfg, n, batch_size, device, out / "project")))
+        rows.insert(0, rows.pop())  # the project's row first: the table's reference
+        note = (f"; equal training time with the {equal_time} anchor (project iterations from a "
+                f"{probe_iters}-iteration probe, {probe_wall:.0f} s, not counted)")
     print(f"\nbench anchor: {iters} iterations, batch {batch_size}, {cfg.data.image_size} px, train "
           f"{cfg.data.train_json}, val {cfg.data.val_json}; device {dev} ({threads} threads); "
-          "wall time = build + train + one val evaluation")  # fmt: skip
+          f"wall time = build + train + one val evaluation{note}")  # fmt: skip
     table = format_table(rows, 0)
     print(table)
     (out / "anchor_bench.json").write_text(json.dumps({"rows": rows, "table": table, "device": str(dev),
-                                                       "threads": threads}, indent=1))  # fmt: skip
+                                                       "threads": threads, "equal_time": equal_time},
+                                                      indent=1))  # fmt: skip
     return rows

@@ -51,6 +51,44 @@ def test_bench_anchor_cli_runs_every_mode_and_the_project(tiny_cache, tiny_confi
     assert again.returncode != 0 and "is not empty" in again.stderr
 
 
+def test_bench_anchor_equal_time_sizes_the_project_run_from_the_anchor_and_a_probe(tiny_cache, tiny_config,
+                                                                                   tmp_path):  # fmt: skip
+    cfg = tiny_config(tiny_cache, tmp_path / "unused")
+    config = tmp_path / "tiny.yaml"
+    save_config(cfg, config)
+    out = tmp_path / "bench"
+    proc = subprocess.run(
+        [sys.executable, "cli.py", "bench", "anchor", "--config", str(config), "--iters", "4", "--batch-size", "2",
+         "--modes", "rgbd", "--equal-time", "rgbd", "--probe-iters", "5", "--out", str(out),
+         f"data.train_json={tiny_cache}/annotations/train.json", "eval.batch_size=3", "eval.max_detections=10"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "anchor_bench.json").read_text())
+    project, anchor = summary["rows"]
+    assert summary["equal_time"] == "rgbd" and project["method"].startswith("project:") and anchor["iters"] == 4
+    # the probe's own log gives the s/it the project's iterations were sized by
+    logged = [json.loads(ln) for ln in (out / "probe" / "metrics.jsonl").read_text().splitlines()]
+    times = {r["iter"]: r["time"] for r in logged if "time" in r}
+    s_it = (times[5] - times[3]) / 2
+    assert project["iters"] == max(1, round(anchor["train_s"] / s_it))
+    assert f"max_iter: {project['iters']}" in (out / "project" / "config.yaml").read_text()
+    assert "equal training time with the rgbd anchor" in proc.stdout
+
+
+def test_equal_time_needs_its_mode_among_the_runs(tiny_cache, tiny_config, tmp_path):
+    from bench.bench_anchor import equal_time_iters, run_bench
+
+    cfg = tiny_config(tiny_cache, tmp_path / "unused")
+    with pytest.raises(ValueError, match="--equal-time depth needs that mode"):
+        run_bench(cfg, iters=2, modes=("rgb",), equal_time="depth", out_dir=tmp_path / "b")
+    with pytest.raises(ValueError, match="--equal-time rgb needs that mode"):
+        run_bench(cfg, iters=2, modes=("rgb",), project=False, equal_time="rgb", out_dir=tmp_path / "b")
+    assert equal_time_iters(100.0, 0.4) == 250 and equal_time_iters(0.1, 1.0) == 1
+    with pytest.raises(ValueError, match="s per iteration"):
+        equal_time_iters(10.0, float("nan"))
+
+
 def test_bench_anchor_refuses_an_unknown_mode(tmp_path):
     proc = subprocess.run([sys.executable, "cli.py", "bench", "anchor", "--modes", "rgb,lidar", "--out",
                            str(tmp_path / "b")], cwd=ROOT, capture_output=True, text=True, timeout=120)  # fmt: skip
