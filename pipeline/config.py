@@ -106,6 +106,9 @@ class ModelConfig:
                               help="masked-attention decoder layers (each gives a deep-supervision loss)")
     enc_layers: int = setting(2, range="[0, inf)", help="deformable-attention encoder layers in the pixel decoder")
     mask_dim: int = setting(128, range="[1, inf)", help="channels of the per-pixel mask embeddings")
+    mask_stride: Literal[2, 4] = setting(
+        4, help="stride of the per-pixel mask embeddings: 4 (Mask2Former, from res2) or 2 (adds the backbone's "
+                "stride-2 stem to the pixel decoder's FPN path: 4x the mask cells, for objects a few cells wide)")
     pre_norm: bool = setting(False, help="LayerNorm before each decoder block (false: after, Mask2Former's default)")
     query_init: Literal["learned", "encoder"] = setting(
         "learned", help="decoder queries: learned embeddings (Mask2Former) or encoder = the top-scored pixel-decoder "

@@ -8,6 +8,11 @@ from tqdm import tqdm
 
 
 @torch.no_grad()
+def mask_stride_of(model: nn.Module) -> int:
+    """Input pixels per cell of the model's `pred_masks` (through a DDP wrapper)."""
+    return getattr(model, "module", model).mask_stride
+
+
 def predict_loader(model: nn.Module, loader, device: torch.device, provider, max_det: int,
                    use_depth: bool, show_progress: bool = True) -> list[tuple[str, dict]]:
     """(image_id, prediction at the original size) for every image this process sees."""
@@ -21,7 +26,8 @@ def predict_loader(model: nn.Module, loader, device: torch.device, provider, max
         provider.fill(batch)
         outputs = model(batch.images, batch.features if use_depth else None, ~batch.valid)
         sizes = [(int(v.any(1).sum()), int(v.any(0).sum())) for v in batch.valid]  # valid = top-left block
-        preds = postprocess(outputs, sizes, [tuple(s) for s in batch.orig_sizes], max_det)
+        preds = postprocess(outputs, sizes, [tuple(s) for s in batch.orig_sizes], max_det,
+                            mask_stride=mask_stride_of(model))
         out.extend((str(i), {k: v.cpu() for k, v in p.items()}) for i, p in zip(batch.image_ids, preds, strict=True))
     model.train(was_training)
     return out

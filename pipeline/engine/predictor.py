@@ -194,7 +194,8 @@ class Predictor:
         batch = collate([sample]).to(self.device)
         outputs = self.model(batch.images, batch.features if self.depth is not None else None, ~batch.valid)
         size = tuple(tensor.shape[-2:])
-        pred = postprocess(outputs, [sample.size], [size], self.cfg.eval.max_detections)[0]
+        pred = postprocess(outputs, [sample.size], [size], self.cfg.eval.max_detections,
+                           mask_stride=self.model.mask_stride)[0]
         pred = {k: v.cpu() for k, v in pred.items()}
         return Prediction(name or "image", size, pred["masks"], pred["scores"], pred["labels"], pred["boxes"],
                           self.categories)  # fmt: skip

@@ -21,7 +21,7 @@ def build_model(cfg: ModelConfig, num_classes: int, depth_channels: dict[str, in
         depth_channels: {depth feature name: channels} the depth source provides; Depth Fusion
             (when `cfg.depth_fusion.enabled`) must find its sources there.
     """
-    backbone = Backbone(cfg.backbone, weights=cfg.backbone_weights, norm=cfg.backbone_norm)
+    backbone = Backbone(cfg.backbone, weights=cfg.backbone_weights, norm=cfg.backbone_norm, stem=cfg.mask_stride == 2)
     fusion = None
     if cfg.depth_fusion.enabled:
         if not depth_channels:
@@ -40,6 +40,7 @@ def build_model(cfg: ModelConfig, num_classes: int, depth_channels: dict[str, in
         enc_layers=cfg.enc_layers,
         nheads=cfg.nheads,
         dim_feedforward=cfg.dim_feedforward,
+        common_stride=cfg.mask_stride,
     )
     decoder = MaskedTransformerDecoder(
         in_channels=cfg.hidden_dim,
@@ -63,6 +64,7 @@ def build_criterion(cfg: ModelConfig, num_classes: int) -> SetCriterion:
         cost_mask=cfg.mask_weight,
         cost_dice=cfg.dice_weight,
         num_points=cfg.train_num_points,
+        mask_stride=cfg.mask_stride,
     )
     weight_dict = {"loss_ce": cfg.class_weight, "loss_mask": cfg.mask_weight, "loss_dice": cfg.dice_weight}
     return SetCriterion(
@@ -74,4 +76,5 @@ def build_criterion(cfg: ModelConfig, num_classes: int) -> SetCriterion:
         oversample_ratio=cfg.oversample_ratio,
         importance_sample_ratio=cfg.importance_sample_ratio,
         deep_supervision=cfg.deep_supervision,
+        mask_stride=cfg.mask_stride,
     )

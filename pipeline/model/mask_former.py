@@ -46,6 +46,7 @@ class MaskFormer(nn.Module):
         self.pixel_decoder = pixel_decoder
         self.transformer_decoder = transformer_decoder
         self.size_divisibility = size_divisibility
+        self.mask_stride = pixel_decoder.common_stride  # input pixels per cell of pred_masks
         self.backbone_padding = SpatialPaddingHooks(backbone)
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(3, 1, 1), persistent=False)
@@ -99,7 +100,7 @@ class MaskFormer(nn.Module):
                     features = fusion(features, depth_features, mask)
         mask_features, multi_scale = self.pixel_decoder(features, mask)
         out = self.transformer_decoder(multi_scale, mask_features, mask)
-        mh, mw = math.ceil(h / 4), math.ceil(w / 4)
+        mh, mw = math.ceil(h / self.mask_stride), math.ceil(w / self.mask_stride)
         if out["pred_masks"].shape[-2:] != (mh, mw):
             out["pred_masks"] = out["pred_masks"][..., :mh, :mw]
             for aux in out["aux_outputs"]:

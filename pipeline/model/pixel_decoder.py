@@ -135,6 +135,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
         nn.init.kaiming_uniform_(self.mask_features.weight, a=1)
         nn.init.zeros_(self.mask_features.bias)
         self.num_feature_levels = min(3, n_levels)
+        self.common_stride = common_stride
 
     def forward(self, features: dict[str, Tensor], mask: Optional[Tensor] = None) -> tuple[Tensor, list[Tensor]]:
         """

@@ -37,14 +37,15 @@ def masks_to_boxes(masks: Tensor) -> Tensor:
 
 @torch.no_grad()
 def postprocess(outputs: dict, image_sizes: list[tuple[int, int]], out_sizes: list[tuple[int, int]],
-                max_det: int = 100, mask_stride: int = 4) -> list[dict[str, Tensor]]:
+                max_det: int = 100, *, mask_stride: int) -> list[dict[str, Tensor]]:
     """
     Args:
         outputs: {"pred_logits": (B, Q, K+1), "pred_masks": (B, Q, h, w)} of the model.
         image_sizes: per image the valid (unpadded) size (h_i, w_i) in input pixels.
         out_sizes: per image the size (H_i, W_i) to return the masks at (the original image).
         max_det: instances kept per image.
-        mask_stride: input pixels per mask-logit cell.
+        mask_stride: input pixels per mask-logit cell (the model's `mask_stride`; no default, as a wrong one
+            shifts and scales every mask without any error).
 
     Returns:
         per image {"masks": (N, H_i, W_i) bool, "scores": (N,) float, "labels": (N,) int64,

@@ -16,21 +16,23 @@ def _cfg(**kw) -> ModelConfig:
     return cfg
 
 
+@pytest.mark.parametrize("mask_stride", [4, 2])
 @pytest.mark.parametrize("size", [(64, 64), (50, 70)])
-def test_outputs_for_padded_and_unpadded_inputs(size):
-    model = build_model(_cfg(), 4, {"path_3": 8, "path_4": 5})
+def test_outputs_for_padded_and_unpadded_inputs(size, mask_stride):
+    model = build_model(_cfg(mask_stride=mask_stride), 4, {"path_3": 8, "path_4": 5})
+    assert model.mask_stride == mask_stride
     h, w = size
     depth = {"path_3": torch.randn(2, 8, h // 8, w // 8), "path_4": torch.randn(2, 5, 3, 4)}
     out = model(torch.rand(2, 3, h, w), depth)
     assert out["pred_logits"].shape == (2, 6, 5)
-    mh, mw = -(-h // 4), -(-w // 4)
+    mh, mw = -(-h // mask_stride), -(-w // mask_stride)
     assert out["pred_masks"].shape == (2, 6, mh, mw)
     assert len(out["aux_outputs"]) == 3  # before each decoder layer
     for aux in out["aux_outputs"]:
         assert aux["pred_masks"].shape == (2, 6, mh, mw) and aux["pred_logits"].shape == (2, 6, 5)
     targets = [{"labels": torch.tensor([1]), "masks": torch.rand(1, h, w) > 0.5},
                {"labels": torch.zeros(0, dtype=torch.int64), "masks": torch.zeros(0, h, w, dtype=torch.bool)}]
-    losses = build_criterion(_cfg(), 4)(out, targets)
+    losses = build_criterion(_cfg(mask_stride=mask_stride), 4)(out, targets)
     sum(losses.values()).backward()
     assert all(p.grad is not None for n, p in model.named_parameters() if n.startswith("backbone."))
 

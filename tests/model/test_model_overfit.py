@@ -126,7 +126,7 @@ def train_and_score(images, targets, steps: int, cfg: ModelConfig, depth=None, l
         sizes = [tuple(images.shape[-2:])] * len(images)
     else:
         sizes = [(int((~p).any(1).sum()), int((~p).any(0).sum())) for p in padding]
-    preds = postprocess(outputs, sizes, sizes, max_det=20)
+    preds = postprocess(outputs, sizes, sizes, max_det=20, mask_stride=model.mask_stride)
     return mask_ap(preds, [{"labels": t["labels"], "masks": t["masks"][:, :h, :w]}
                            for t, (h, w) in zip(targets, sizes, strict=True)], num_classes)
 
@@ -141,6 +141,14 @@ def test_ground_truth_scores_ap_one():
 def test_overfits_eight_small_scenes():
     images, targets, _ = make_scenes(8, 64)
     assert train_and_score(images, targets, steps=40, cfg=small_config()) >= 0.8
+
+
+def test_overfits_eight_small_scenes_with_stride_2_masks():
+    """The stem joins the pixel decoder's FPN path: masks at H/2, same learning as at H/4."""
+    images, targets, _ = make_scenes(8, 64)
+    cfg = small_config()
+    cfg.mask_stride = 2
+    assert train_and_score(images, targets, steps=40, cfg=cfg) >= 0.8
 
 
 @pytest.mark.slow

@@ -22,7 +22,7 @@ def test_recovers_instances_cropped_and_resized_to_the_original_size():
     logits[0, 1, 2] = 8.0  # query 1: class 2, less sure (class 0 takes 5 %)
     logits[0, 1, 0] = 5.0
     outputs = {"pred_logits": logits, "pred_masks": _logits_for(cells)[None]}
-    (res,) = postprocess(outputs, [(48, 40)], [(96, 80)], max_det=5)
+    (res,) = postprocess(outputs, [(48, 40)], [(96, 80)], max_det=5, mask_stride=4)
     assert res["masks"].shape == (5, 96, 80) and res["masks"].dtype == torch.bool
     assert res["labels"].dtype == torch.int64
     assert res["labels"][:2].tolist() == [1, 2]
@@ -49,9 +49,11 @@ def test_padding_beyond_the_image_cells_is_never_read():
     noisy = torch.randn(1, 4, 16, 16) * 50
     for grid in (quiet, noisy):
         grid[..., :11, :8] = image_cells
-    alone = postprocess({"pred_logits": logits, "pred_masks": image_cells}, [(42, 30)], [(84, 60)], max_det=6)[0]
+    alone = postprocess({"pred_logits": logits, "pred_masks": image_cells}, [(42, 30)], [(84, 60)], max_det=6,
+                        mask_stride=4)[0]
     for grid in (quiet, noisy):
-        res = postprocess({"pred_logits": logits, "pred_masks": grid}, [(42, 30)], [(84, 60)], max_det=6)[0]
+        res = postprocess({"pred_logits": logits, "pred_masks": grid}, [(42, 30)], [(84, 60)], max_det=6,
+                          mask_stride=4)[0]
         torch.testing.assert_close(res["scores"], alone["scores"])
         assert torch.equal(res["masks"], alone["masks"])
 
@@ -59,9 +61,24 @@ def test_padding_beyond_the_image_cells_is_never_read():
 def test_a_query_can_be_kept_with_two_classes_and_max_det_caps():
     logits = torch.tensor([[[3.0, 3.0, -5.0], [-5.0, -5.0, 5.0]]])  # query 0 torn between classes 0 and 1
     masks = torch.full((1, 2, 4, 4), 5.0)
-    (res,) = postprocess({"pred_logits": logits, "pred_masks": masks}, [(16, 16)], [(16, 16)], max_det=2)
+    (res,) = postprocess({"pred_logits": logits, "pred_masks": masks}, [(16, 16)], [(16, 16)], max_det=2,
+                         mask_stride=4)
     assert sorted(res["labels"].tolist()) == [0, 1]
     assert len(res["scores"]) == 2
+
+
+def test_stride_2_cells_cover_twice_their_coordinates():
+    # a 40x36 image at stride 2: 20x18 cells of a padded 24x24 grid; the instance covers cells [4, 10) x [3, 9)
+    cells = torch.zeros(1, 24, 24, dtype=torch.bool)
+    cells[0, 4:10, 3:9] = True
+    cells[0, 20:, :] = True  # padding cells: never read
+    logits = torch.tensor([[[8.0, -8.0]]])
+    (res,) = postprocess({"pred_logits": logits, "pred_masks": _logits_for(cells)[None]}, [(40, 36)], [(40, 36)],
+                         max_det=1, mask_stride=2)  # fmt: skip
+    want = torch.zeros(40, 36, dtype=torch.bool)
+    want[8:20, 6:18] = True
+    assert res["masks"].shape == (1, 40, 36)
+    assert torch.equal(res["masks"][0], want)
 
 
 def test_masks_to_boxes_handles_empty_masks():
