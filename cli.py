@@ -361,7 +361,7 @@ def train_cmd(config: str | None, resume: bool, overwrite: bool, overrides: tupl
         prepare_run_dir(cfg.train.output_dir, resume, overwrite, is_main=int(os.environ.get("RANK", "0")) == 0)
     except ValueError as err:
         raise click.ClickException(str(err)) from err
-    from pipeline.engine.trainer import train
+    from pipeline.train import train
 
     try:
         metrics = train(cfg, resume=resume)

@@ -5,7 +5,7 @@
 (`data.train_json`), its val split and its depth cache, the same number of iterations and batch
 size (the config's `train.max_iter` / `train.batch_size` unless given), and is scored by the
 project's COCO mask AP evaluator. The project's run is its real supervised trainer
-(`pipeline.engine.trainer.train` on a copy of the config with `semi.enabled=false`), so Depth
+(`pipeline.train.train` on a copy of the config with `semi.enabled=false`), so Depth
 Fusion is on when the config enables it. Wall time is the whole run: building data and model,
 training, and one evaluation of the val split; s/it is the training loop alone.
 Writes every run's output under `--out` and the table as `anchor_bench.json`.
@@ -63,7 +63,7 @@ PROBE_WARMUP = 3  # the probe's first steps (allocation, loader start) are left 
 def probe_seconds_per_iter(cfg: Config, iters: int, out_dir: Path) -> tuple[float, float]:
     """(seconds per training iteration after the first PROBE_WARMUP, wall seconds of the probe) of a short run
     of the project's real trainer on `cfg`; `iters` must exceed PROBE_WARMUP."""
-    from pipeline.engine.trainer import train
+    from pipeline.train import train
 
     if iters <= PROBE_WARMUP:
         raise ValueError(f"bench anchor: the probe needs more than {PROBE_WARMUP} iterations (got {iters})")
@@ -87,8 +87,8 @@ def equal_time_iters(budget_s: float, s_per_it: float) -> int:
 
 def run_project(cfg: Config) -> dict:
     """Train the project's model on `cfg` (supervised) and return its row."""
-    from pipeline.engine.trainer import train
     from pipeline.evaluation import save_metrics
+    from pipeline.train import train
 
     t0 = time.perf_counter()
     metrics = train(cfg)

@@ -1,8 +1,10 @@
 """The supervised training loop (labels only): the baseline and the teacher-only stage.
 
 Kept flat in the manner of torchvision's detection references: build, (resume), loop over
-iterations, log, checkpoint, evaluate. `train()` dispatches to the teacher-student trainer
-when `semi.enabled`.
+iterations, log, checkpoint, evaluate. Its helpers (`due`, `optimizer_step`, `restore`, the
+checkpoint state, `periodic_eval`) are the loop skeleton the teacher-student trainer
+(`pipeline.semi.trainer`) builds on; `pipeline.train` chooses between the two, so this lower
+layer never imports the higher one.
 """
 
 from __future__ import annotations
@@ -27,15 +29,6 @@ from pipeline.engine.context import RunContext, build_context, check_finite, tra
 from pipeline.engine.distributed import all_gather_objects
 from pipeline.engine.inference import evaluate_model
 from pipeline.engine.optim import base_lr
-
-
-def train(cfg: Config, resume: bool = False) -> dict:
-    """`cli.py train`: supervised, or both stages of the teacher-student recipe."""
-    if cfg.semi.enabled:
-        from pipeline.semi.trainer import train_semi
-
-        return train_semi(cfg, resume=resume)
-    return train_supervised(cfg, resume=resume)
 
 
 def due(step: int, period: int, last: int) -> bool:

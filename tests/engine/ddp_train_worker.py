@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # this checkout, n
 
 import pipeline.semi.trainer as semi_trainer  # noqa: E402
 from pipeline.config_io import load_config  # noqa: E402
-from pipeline.engine.trainer import train  # noqa: E402
+from pipeline.train import train  # noqa: E402
 
 
 def main() -> None:

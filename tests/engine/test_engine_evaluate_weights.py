@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from pipeline.engine.evaluate import evaluate_checkpoint
-from pipeline.engine.trainer import train
+from pipeline.train import train
 
 
 def test_evaluate_names_the_weights_it_scored(tiny_cache, tiny_config, tmp_path, capsys):

@@ -70,7 +70,7 @@ def test_the_logged_lr_follows_each_stage_of_a_run(tiny_cache, tiny_config, tmp_
     of 3) and at absolute iteration 4 (stage B's step 1). Old code: unknown key / no decay in B."""
     import json
 
-    from pipeline.engine.trainer import train
+    from pipeline.train import train
 
     common = ["train.max_iter=6", "semi.enabled=true", "semi.teacher_iters=3", "semi.burn_in_iter=1",
               "semi.score_threshold=0.0", "train.warmup_iters=0", "train.schedule=step", "train.checkpoint_period=0"]

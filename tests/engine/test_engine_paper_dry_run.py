@@ -21,7 +21,7 @@ from pipeline.config_io import load_config
 from pipeline.data.splits import make_splits
 from pipeline.engine.checkpoint import load_checkpoint
 from pipeline.engine.evaluate import evaluate_checkpoint
-from pipeline.engine.trainer import train
+from pipeline.train import train
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 COCO_IDS = [i for i in range(1, 91) if i not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83)]

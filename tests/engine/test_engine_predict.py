@@ -13,9 +13,9 @@ from pycocotools.coco import COCO
 from pipeline.engine.evaluate import evaluate_checkpoint
 from pipeline.engine.predict import predict_images
 from pipeline.engine.predictor import Prediction, Predictor
-from pipeline.engine.trainer import train
 from pipeline.evaluation.results import decode_masks
 from pipeline.model.build import build_model
+from pipeline.train import train
 
 
 def test_evaluate_writes_coco_results_and_predict_draws(tiny_cache, tiny_config, tmp_path):

@@ -65,7 +65,7 @@ def test_train_command_refuses_a_folder_with_a_run(tmp_path):
 
 
 def test_overwrite_then_train_starts_afresh(tiny_cache, tiny_config, tmp_path):
-    from pipeline.engine.trainer import train
+    from pipeline.train import train
 
     run = tmp_path / "run"
     _old_run(run)

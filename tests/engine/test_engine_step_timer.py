@@ -9,7 +9,7 @@ import torch
 from test_engine_train import log_rows, losses_by_iter
 
 from pipeline.engine.step_timer import StepTimer
-from pipeline.engine.trainer import train
+from pipeline.train import train
 
 STAGE_B_PARTS = {"labelled", "teacher", "pseudo_labels", "augment", "student_forward", "unsup_loss", "matching",
                  "controller", "backward_step", "ema", "depth"}

@@ -10,7 +10,7 @@ import torch
 
 from pipeline.engine.checkpoint import LAST, load_checkpoint
 from pipeline.engine.context import NonFiniteLoss
-from pipeline.engine.trainer import train
+from pipeline.train import train
 
 
 def log_rows(run_dir) -> list[dict]:
