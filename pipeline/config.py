@@ -80,7 +80,8 @@ class DepthFusionConfig:
     # res4/res5 leaves the masks nearly blind to depth (measured in tests/model: AP 0.09 vs 0.64)
     sources: dict[str, str] = setting(
         factory=lambda: {"res2": "path_4", "res3": "path_4", "res4": "path_4", "res5": "path_4"},
-        help="backbone level (res2..res5) -> the cached map fused into it (path_1..path_4, or files' depth_s{k})")
+        help="backbone level (res2..res5, or res1 = the stride-2 stem) -> the cached map fused into it (path_1.."
+             "path_4, or files' depth_s{k}); res1 needs inside_backbone or model.mask_stride=2")
     inside_backbone: bool = setting(
         False, help="fuse each level as the backbone produces it, so later stages compute on depth (else side by side)")
     init: Literal["identity", "open"] = setting(

@@ -21,7 +21,13 @@ def build_model(cfg: ModelConfig, num_classes: int, depth_channels: dict[str, in
         depth_channels: {depth feature name: channels} the depth source provides; Depth Fusion
             (when `cfg.depth_fusion.enabled`) must find its sources there.
     """
-    backbone = Backbone(cfg.backbone, weights=cfg.backbone_weights, norm=cfg.backbone_norm, stem=cfg.mask_stride == 2)
+    fuse_stem = cfg.depth_fusion.enabled and "res1" in cfg.depth_fusion.sources
+    if fuse_stem and not cfg.depth_fusion.inside_backbone and cfg.mask_stride != 2:
+        raise ValueError("model.depth_fusion.sources fuses depth into res1 (the stride-2 stem), but nothing would read "
+                         "it: set model.depth_fusion.inside_backbone=true (res2..res5 then compute on it) or "
+                         "model.mask_stride=2 (the mask features then include it)")
+    backbone = Backbone(cfg.backbone, weights=cfg.backbone_weights, norm=cfg.backbone_norm,
+                        stem=cfg.mask_stride == 2 or fuse_stem)
     fusion = None
     if cfg.depth_fusion.enabled:
         if not depth_channels:
