@@ -15,17 +15,20 @@ ROOT = Path(__file__).resolve().parents[2]
 ITERS_OVERFIT = 150  # about 1-2 min on 2 free cores (11 min on a loaded machine)
 
 
-def test_bench_anchor_cli_runs_every_mode_and_the_project(tiny_cache, tiny_config, tmp_path):
-    cfg = tiny_config(tiny_cache, tmp_path / "unused")
-    config = tmp_path / "tiny.yaml"
-    save_config(cfg, config)
-    out = tmp_path / "bench"
+def run_bench_cli(tiny_cache, tiny_config, tmp_path, *args: str) -> tuple[subprocess.CompletedProcess, Path, Path]:
+    """`cli.py bench anchor` on the tiny dataset with all its labels; returns (process, config file, --out)."""
+    config, out = tmp_path / "tiny.yaml", tmp_path / "bench"
+    save_config(tiny_config(tiny_cache, tmp_path / "unused"), config)
     proc = subprocess.run(
-        [sys.executable, "cli.py", "bench", "anchor", "--config", str(config), "--iters", "3", "--batch-size", "2",
-         "--out", str(out), f"data.train_json={tiny_cache}/annotations/train.json", "eval.batch_size=3",
-         "eval.max_detections=10"],
+        [sys.executable, "cli.py", "bench", "anchor", "--config", str(config), "--batch-size", "2", "--out", str(out),
+         *args, f"data.train_json={tiny_cache}/annotations/train.json", "eval.batch_size=3", "eval.max_detections=10"],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
+    return proc, config, out
+
+
+def test_bench_anchor_cli_runs_every_mode_and_the_project(tiny_cache, tiny_config, tmp_path):
+    proc, config, out = run_bench_cli(tiny_cache, tiny_config, tmp_path, "--iters", "3")
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("| ")]
     assert len(lines) == 1 + 4, proc.stdout  # header, project + three anchor modes
@@ -53,16 +56,8 @@ def test_bench_anchor_cli_runs_every_mode_and_the_project(tiny_cache, tiny_confi
 
 def test_bench_anchor_equal_time_sizes_the_project_run_from_the_anchor_and_a_probe(tiny_cache, tiny_config,
                                                                                    tmp_path):  # fmt: skip
-    cfg = tiny_config(tiny_cache, tmp_path / "unused")
-    config = tmp_path / "tiny.yaml"
-    save_config(cfg, config)
-    out = tmp_path / "bench"
-    proc = subprocess.run(
-        [sys.executable, "cli.py", "bench", "anchor", "--config", str(config), "--iters", "4", "--batch-size", "2",
-         "--modes", "rgbd", "--equal-time", "rgbd", "--probe-iters", "5", "--out", str(out),
-         f"data.train_json={tiny_cache}/annotations/train.json", "eval.batch_size=3", "eval.max_detections=10"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+    proc, _, out = run_bench_cli(tiny_cache, tiny_config, tmp_path, "--iters", "4", "--modes", "rgbd",
+                                 "--equal-time", "rgbd", "--probe-iters", "5")  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((out / "anchor_bench.json").read_text())
     project, anchor = summary["rows"]
