@@ -114,6 +114,10 @@ class ModelConfig:
     query_init: Literal["learned", "encoder"] = setting(
         "learned", help="decoder queries: learned embeddings (Mask2Former) or encoder = the top-scored pixel-decoder "
                         "tokens (two-stage, MaskDINO)")
+    query_groups: int = setting(
+        1, range="[1, inf)", help="training-only query groups (Group DETR): each group of num_queries is matched "
+                                  "one-to-one on its own, so each instance teaches G queries per step; inference "
+                                  "uses the first group (needs query_init learned)")
     depth_fusion: DepthFusionConfig = field(default_factory=DepthFusionConfig)
     # losses (Mask2Former defaults)
     class_weight: float = setting(2.0, range="[0, inf)",

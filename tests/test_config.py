@@ -167,6 +167,7 @@ def test_unknown_key_on_the_command_line_is_a_command_line_error(tmp_path):
     (["depth.mode=none"], r"model\.depth_fusion\.enabled=True .*depth\.mode=none"),
     (["depth.estimator.name=depth-anything-v2-vits", "depth.estimator.input_size=500"],
      r"depth\.estimator\.input_size=500 \(command-line override .*multiple of 14"),
+    (["model.query_groups=3", "model.query_init=encoder"], r"model\.query_groups=3 .*model\.query_init=encoder"),
 ])
 def test_fields_that_contradict_each_other_are_refused(overrides, match):
     with pytest.raises(ConfigError, match=match):

@@ -59,6 +59,7 @@ def build_model(cfg: ModelConfig, num_classes: int, depth_channels: dict[str, in
         pre_norm=cfg.pre_norm,
         mask_dim=cfg.mask_dim,
         query_init=cfg.query_init,
+        query_groups=cfg.query_groups,
     )
     return MaskFormer(backbone, pixel_decoder, decoder, fusion)
 

@@ -11,6 +11,10 @@ Per-image weights: a target dict may carry `"weight"` (a float, default 1); that
 multiplied by it. Normalisers (the class-weight sum, the number of masks) stay unweighted, so a
 weight w on every image scales the loss by w (what a caller weighting a whole loss expects).
 Images without any target contribute only the "no object" class term, never NaN.
+
+Query groups (Group DETR): an output carrying "query_groups": G holds G groups of queries, one after
+the other; each group is matched one-to-one to the targets on its own and the losses are the mean
+over groups, so every loss keeps the scale it has with one group.
 """
 
 from __future__ import annotations
@@ -101,6 +105,14 @@ class SetCriterion(nn.Module):
             num_masks = num_masks / dist.get_world_size()
         num_masks = num_masks.clamp(min=1.0)
 
+        groups = int(outputs.get("query_groups", 1))
+        if groups > 1:
+            per_group = [self._all_losses(g, targets, weights, num_masks) for g in split_groups(outputs, groups)]
+            return {k: torch.stack([p[k] for p in per_group]).mean() for k in per_group[0]}
+        return self._all_losses(outputs, targets, weights, num_masks)
+
+    def _all_losses(self, outputs: dict, targets: list[dict], weights: Tensor, num_masks: Tensor) -> dict[str, Tensor]:
+        """The final prediction's losses and, with deep supervision, every aux prediction's."""
         losses = self._losses(outputs, targets, weights, num_masks)
         if self.deep_supervision:
             for i, aux in enumerate(outputs.get("aux_outputs", [])):
@@ -108,6 +120,7 @@ class SetCriterion(nn.Module):
         return losses
 
     def _losses(self, outputs: dict, targets: list[dict], weights: Tensor, num_masks: Tensor) -> dict[str, Tensor]:
+        """One prediction's terms after its own Hungarian matching."""
         indices = self.matcher(outputs, targets)
         out = {}
         if "loss_ce" in self.weight_dict:
@@ -164,3 +177,19 @@ class SetCriterion(nn.Module):
         bce = (sigmoid_ce_loss(point_logits, point_labels) * mask_w).sum() / num_masks
         dice = (dice_loss(point_logits, point_labels) * mask_w).sum() / num_masks
         return bce, dice
+
+
+def split_groups(outputs: dict, groups: int) -> list[dict]:
+    """An output of G query groups -> G outputs of one group each (aux outputs split alike)."""
+    q = outputs["pred_logits"].shape[1]
+    if q % groups:
+        raise ValueError(f"{q} queries do not split into {groups} groups")
+    n = q // groups
+
+    def part(o: dict, g: int) -> dict:
+        return {k: o[k][:, g * n:(g + 1) * n] for k in ("pred_logits", "pred_masks")}
+
+    return [
+        {**part(outputs, g), "aux_outputs": [part(a, g) for a in outputs.get("aux_outputs", [])]}
+        for g in range(groups)
+    ]

@@ -30,11 +30,11 @@ class SelfAttentionLayer(nn.Module):
         self.norm = nn.LayerNorm(d_model)
         self.normalize_before = normalize_before
 
-    def forward(self, tgt: Tensor, query_pos: Tensor) -> Tensor:
-        """tgt, query_pos: (Q, B, C) -> (Q, B, C)."""
+    def forward(self, tgt: Tensor, query_pos: Tensor, attn_mask: Optional[Tensor] = None) -> Tensor:
+        """tgt, query_pos: (Q, B, C) -> (Q, B, C); attn_mask: (Q, Q) bool, True = blocked."""
         x = self.norm(tgt) if self.normalize_before else tgt
         q = k = x + query_pos
-        out = tgt + self.attn(q, k, value=x, need_weights=False)[0]
+        out = tgt + self.attn(q, k, value=x, attn_mask=attn_mask, need_weights=False)[0]
         return out if self.normalize_before else self.norm(out)
 
 
@@ -95,6 +95,12 @@ class MaskedTransformerDecoder(nn.Module):
         pre_norm: LayerNorm before (True) or after (False, Mask2Former's default) each block.
         mask_dim: channels of the mask features (the mask embedding's width).
         num_feature_levels: pixel-decoder levels visited round-robin.
+        query_init: "learned" (Mask2Former) or "encoder" (two-stage, MaskDINO).
+        query_groups: G >= 1 (Group DETR, Chen et al., ICCV 2023). In training the decoder runs G
+            independent groups of Q queries (own embeddings, self-attention only within a group) and
+            returns all G*Q predictions with "query_groups": G, so the criterion matches each group
+            one-to-one on its own and every instance teaches G queries per step instead of one. In
+            eval mode only the first group runs: inference costs and outputs as with G = 1.
     """
 
     def __init__(
@@ -110,11 +116,19 @@ class MaskedTransformerDecoder(nn.Module):
         mask_dim: int = 256,
         num_feature_levels: int = 3,
         query_init: str = "learned",
+        query_groups: int = 1,
     ) -> None:
         super().__init__()
         if query_init not in ("learned", "encoder"):
             raise ValueError(f"query_init must be 'learned' or 'encoder' (got {query_init!r})")
+        if query_groups < 1:
+            raise ValueError(f"query_groups must be >= 1 (got {query_groups})")
+        if query_groups > 1 and query_init != "learned":
+            # the encoder's top-k tokens are one set: G groups of them would be G copies
+            raise ValueError("query_groups > 1 needs query_init 'learned'")
         self.query_init = query_init
+        self.num_queries = num_queries
+        self.query_groups = query_groups
         self.num_heads = nheads
         self.num_layers = dec_layers
         self.num_feature_levels = num_feature_levels
@@ -123,8 +137,8 @@ class MaskedTransformerDecoder(nn.Module):
         self.cross_attn = nn.ModuleList(CrossAttentionLayer(hidden_dim, nheads, pre_norm) for _ in range(dec_layers))
         self.ffn = nn.ModuleList(FFNLayer(hidden_dim, dim_feedforward, pre_norm) for _ in range(dec_layers))
         self.decoder_norm = nn.LayerNorm(hidden_dim)
-        self.query_feat = nn.Embedding(num_queries, hidden_dim)
-        self.query_embed = nn.Embedding(num_queries, hidden_dim)
+        self.query_feat = nn.Embedding(num_queries * query_groups, hidden_dim)
+        self.query_embed = nn.Embedding(num_queries * query_groups, hidden_dim)
         self.level_embed = nn.Embedding(num_feature_levels, hidden_dim)
         self.input_proj = nn.ModuleList()
         for _ in range(num_feature_levels):
@@ -156,7 +170,8 @@ class MaskedTransformerDecoder(nn.Module):
         Returns:
             {"pred_logits": (B, Q, K+1), "pred_masks": (B, Q, H/4, W/4),
              "aux_outputs": [{"pred_logits", "pred_masks"}] * dec_layers} (before each layer, first = the
-            queries before any attention).
+            queries before any attention). In training with query_groups G > 1, Q is G * num_queries
+            (group after group) and the dict also holds "query_groups": G.
         """
         if len(features) != self.num_feature_levels:
             raise ValueError(f"expected {self.num_feature_levels} feature levels, got {len(features)}")
@@ -168,12 +183,18 @@ class MaskedTransformerDecoder(nn.Module):
             src.append((self.input_proj[i](x).flatten(2) + self.level_embed.weight[i][None, :, None]).permute(2, 0, 1))
         b = mask_features.shape[0]
         mask_pad = downsample_mask(mask, mask_features.shape[-2:])
-        query_embed = self.query_embed.weight.unsqueeze(1).repeat(1, b, 1)  # (Q, B, C)
+        groups = self.query_groups if self.training else 1
+        n = self.num_queries * groups
+        query_embed = self.query_embed.weight[:n].unsqueeze(1).repeat(1, b, 1)  # (Q, B, C)
+        self_mask = None
+        if groups > 1:  # block-diagonal: a group never sees another group's queries
+            group_of = torch.arange(n, device=query_embed.device) // self.num_queries
+            self_mask = group_of[:, None] != group_of[None, :]
         if self.query_init == "encoder":
             output, (cls, msk, attn_mask) = self._select_queries(src, pads, mask_features, mask_pad,
                                                                  features[0].shape[-2:])
         else:
-            output = self.query_feat.weight.unsqueeze(1).repeat(1, b, 1)
+            output = self.query_feat.weight[:n].unsqueeze(1).repeat(1, b, 1)
             cls, msk, attn_mask = self._heads(output, mask_features, features[0].shape[-2:], mask_pad, pads[0])
 
         classes, masks = [], []
@@ -182,19 +203,22 @@ class MaskedTransformerDecoder(nn.Module):
         for i in range(self.num_layers):
             lvl = i % self.num_feature_levels
             output = self.cross_attn[i](output, src[lvl], attn_mask, pos[lvl], query_embed)
-            output = self.self_attn[i](output, query_embed)
+            output = self.self_attn[i](output, query_embed, self_mask)
             output = self.ffn[i](output)
             nxt = (i + 1) % self.num_feature_levels
             cls, msk, attn_mask = self._heads(output, mask_features, features[nxt].shape[-2:], mask_pad, pads[nxt])
             classes.append(cls)
             masks.append(msk)
-        return {
+        out = {
             "pred_logits": classes[-1],
             "pred_masks": masks[-1],
             "aux_outputs": [
                 {"pred_logits": c, "pred_masks": m} for c, m in zip(classes[:-1], masks[:-1], strict=True)
             ],
         }
+        if groups > 1:
+            out["query_groups"] = groups
+        return out
 
     def _select_queries(self, src: list[Tensor], pads: list[Tensor | None], mask_features: Tensor,
                         mask_pad: Optional[Tensor], size) -> tuple[Tensor, tuple]:
