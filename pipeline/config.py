@@ -221,6 +221,9 @@ class SemiConfig:
         None, help="skip stage A: stage B starts from this checkpoint's teacher and runs train.max_iter steps")
     student_init: Literal["teacher", "scratch"] = setting(
         "teacher", help="the student starts from the teacher's weights, or afresh (scratch, GD's recipe)")
+    student_lr_mult: float = setting(
+        1.0, range="(0, inf)", help="stage B's peak learning rate as a multiple of train.lr (the student starts "
+                                    "from a trained teacher; 1 = a whole schedule again, as Guided Distillation)")
     burn_in_iter: int = setting(100, range="[0, inf)",
                                 help="stage-B steps with a frozen teacher; then teacher := student, then EMA")
     ema_decay: float = setting(0.9996, range="[0, 1]",

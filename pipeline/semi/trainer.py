@@ -16,6 +16,7 @@ by the Depth Controller's weight w: unsup_weight * ((1 - w) L_rgb + w L_depth).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import torch
@@ -114,7 +115,9 @@ def stage_schedules(cfg: Config) -> dict[str, TrainConfig]:
     if start_b >= cfg.train.max_iter:
         raise ValueError(f"semi: stage B would start at iteration {start_b} but train.max_iter is "
                          f"{cfg.train.max_iter}; raise train.max_iter above semi.teacher_iters")
-    out = {"B": stage_schedule(cfg.train, start_b, cfg.train.max_iter)}
+    # the student starts from a trained teacher: its peak rate may be lower than the teacher's
+    b = stage_schedule(cfg.train, start_b, cfg.train.max_iter)
+    out = {"B": dataclasses.replace(b, lr=cfg.train.lr * cfg.semi.student_lr_mult)}
     if start_b > 0:
         out = {"A": stage_schedule(cfg.train, 0, start_b), **out}
     return out
@@ -217,7 +220,7 @@ def train_semi(cfg: Config, resume: bool = False) -> dict:
                 record["pseudo/agreement"] = stats["agreement"]
             losses = {**losses, **unsup}
         check_finite(losses, it, ctx.out_dir)
-        lr = base_lr(ctx.scheduler, cfg.train)  # the rate this step uses
+        lr = base_lr(ctx.scheduler, schedules["B" if in_b else "A"])  # the rate this step uses
         with timer("backward_step"):
             optimizer_step(ctx, sum(losses.values()), model.parameters())
         if in_b:
