@@ -9,18 +9,13 @@ from pipeline.model.build import build_criterion
 from pipeline.model.criterion import split_groups
 from pipeline.model.transformer_decoder import MaskedTransformerDecoder
 from tests.model.test_model_overfit import make_scenes, small_config, train_and_score
+from tests.model.test_model_query_init import _inputs
 
 
 def _decoder(groups: int) -> MaskedTransformerDecoder:
     torch.manual_seed(0)
     return MaskedTransformerDecoder(in_channels=16, num_classes=3, hidden_dim=16, num_queries=4, nheads=2,
                                     dim_feedforward=32, dec_layers=3, mask_dim=16, query_groups=groups)
-
-
-def _inputs(b: int = 2):
-    torch.manual_seed(1)
-    feats = [torch.randn(b, 16, 2, 3), torch.randn(b, 16, 4, 6), torch.randn(b, 16, 8, 12)]
-    return feats, torch.randn(b, 16, 16, 24)
 
 
 def test_training_runs_every_group_and_inference_only_the_first():
