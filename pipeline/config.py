@@ -118,6 +118,11 @@ class ModelConfig:
         1, range="[1, inf)", help="training-only query groups (Group DETR): each group of num_queries is matched "
                                   "one-to-one on its own, so each instance teaches G queries per step; inference "
                                   "uses the first group (needs query_init learned)")
+    mask_piloted: bool = setting(
+        False, help="training adds one query per ground-truth instance that attends inside its true mask in every "
+        "decoder layer and learns its mask and class without matching (MP-Former); inference is unchanged")
+    pilot_label_noise: float = setting(0.2, range="[0, 1]",
+                                       help="share of piloted queries started from a random class's embedding")
     depth_fusion: DepthFusionConfig = field(default_factory=DepthFusionConfig)
     # losses (Mask2Former defaults)
     class_weight: float = setting(2.0, range="[0, inf)",
@@ -125,6 +130,9 @@ class ModelConfig:
     mask_weight: float = setting(5.0, range="[0, inf)",
                                  help="weight of the point-sampled mask BCE loss and of its matching cost")
     dice_weight: float = setting(5.0, range="[0, inf)", help="weight of the dice loss and of its matching cost")
+    semantic_weight: float = setting(
+        0.0, range="[0, inf)", help="auxiliary per-pixel class loss on the mask features (dense supervision from step "
+        "0, kMaX-DeepLab); 0 = off (Mask2Former)")
     no_object_weight: float = setting(0.1, range="[0, inf)",
                                       help="cross-entropy weight of the no-object class (unmatched queries)")
     train_num_points: int = setting(12544, range="[1, inf)",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from torch import nn
+
 from pipeline.config import ModelConfig
 from pipeline.model.backbone import Backbone
 from pipeline.model.criterion import SetCriterion
@@ -60,8 +62,11 @@ def build_model(cfg: ModelConfig, num_classes: int, depth_channels: dict[str, in
         mask_dim=cfg.mask_dim,
         query_init=cfg.query_init,
         query_groups=cfg.query_groups,
+        mask_piloted=cfg.mask_piloted,
+        pilot_label_noise=cfg.pilot_label_noise,
     )
-    return MaskFormer(backbone, pixel_decoder, decoder, fusion)
+    semantic_head = nn.Conv2d(cfg.mask_dim, num_classes + 1, 1) if cfg.semantic_weight > 0 else None
+    return MaskFormer(backbone, pixel_decoder, decoder, fusion, semantic_head=semantic_head)
 
 
 def build_criterion(cfg: ModelConfig, num_classes: int) -> SetCriterion:
@@ -74,6 +79,8 @@ def build_criterion(cfg: ModelConfig, num_classes: int) -> SetCriterion:
         mask_stride=cfg.mask_stride,
     )
     weight_dict = {"loss_ce": cfg.class_weight, "loss_mask": cfg.mask_weight, "loss_dice": cfg.dice_weight}
+    if cfg.semantic_weight > 0:
+        weight_dict["loss_sem"] = cfg.semantic_weight
     return SetCriterion(
         num_classes,
         matcher,

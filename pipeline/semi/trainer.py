@@ -46,18 +46,20 @@ from pipeline.semi.losses import combine_unsup_losses
 from pipeline.semi.pseudo_labels import make_pseudo_labels
 
 
-def _forward(ctx: RunContext, model: nn.Module, images: torch.Tensor, batch) -> dict:
+def _forward(ctx: RunContext, model: nn.Module, images: torch.Tensor, batch, targets=None) -> dict:
+    """`targets`: ground truth for mask-piloted queries (labelled batches only: one unlabelled output
+    is compared with two pseudo-label sets, so it must not be piloted by either)."""
     with ctx.autocast:
-        return model(images, batch.features if ctx.use_depth else None, ~batch.valid)
+        return model(images, batch.features if ctx.use_depth else None, ~batch.valid, targets=targets)
 
 
 def supervised_losses(ctx: RunContext, model: nn.Module, batch) -> dict[str, torch.Tensor]:
     """Labelled loss on the RGB view, plus `semi.depth_view_weight` x the loss on the depth view when
     the teacher must read depth (the depth view would otherwise double the supervised loss)."""
-    losses = ctx.criterion(_forward(ctx, model, batch.images, batch), batch.targets)
+    losses = ctx.criterion(_forward(ctx, model, batch.images, batch, batch.targets), batch.targets)
     if ctx.cfg.semi.depth_pseudo_labels:
         view = render_depth_view(batch.depth, batch.valid, colormap=ctx.cfg.semi.depth_view)
-        depth_losses = ctx.criterion(_forward(ctx, model, view, batch), batch.targets)
+        depth_losses = ctx.criterion(_forward(ctx, model, view, batch, batch.targets), batch.targets)
         dw = ctx.cfg.semi.depth_view_weight
         losses = {**{f"{k}_rgbview": v for k, v in losses.items()},
                   **{f"{k}_depthview": dw * v for k, v in depth_losses.items()}}
