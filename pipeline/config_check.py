@@ -139,9 +139,25 @@ def check_consistency(cfg: Any, where: Where) -> None:
     if cfg.depth.mode == "none" and cfg.model.depth_fusion.enabled:
         raise ConfigError(f"{kv('model.depth_fusion.enabled')} needs depth features, but {kv('depth.mode')}: "
                           "set model.depth_fusion.enabled=false or choose depth.mode cache/online")
+    fusion = cfg.model.depth_fusion
+    if fusion.enabled and est.name == "files":
+        for level, name in sorted(fusion.sources.items()):
+            stride = files_level_stride(name)
+            if stride is not None and stride < cfg.data.feature_stride:
+                raise ConfigError(
+                    f"model.depth_fusion.sources reads {name} (stride {stride}) for {level} ({where('model.depth_fusion')}), "
+                    f"but {kv('data.feature_stride')} resamples every cached level to stride "
+                    f"{cfg.data.feature_stride} before the model sees it, so the detail {name} was cached for is lost: "
+                    f"set data.feature_stride={stride} (coarser levels are then resized up, which loses nothing)")
     if cfg.depth.mode == "none" and cfg.semi.enabled and cfg.semi.depth_pseudo_labels:
         raise ConfigError(f"{kv('semi.depth_pseudo_labels')} needs depth for the teacher's depth view, but "
                           f"{kv('depth.mode')}: set semi.depth_pseudo_labels=false or choose depth.mode cache/online")
+
+
+def files_level_stride(name: str) -> int | None:
+    """The stride k of a files-source level `depth_s{k}`, None for any other name."""
+    match = re.fullmatch(r"depth_s(\d+)", name)
+    return int(match.group(1)) if match else None
 
 
 def stage_lengths(cfg: Any) -> dict[str, int]:

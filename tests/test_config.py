@@ -168,6 +168,8 @@ def test_unknown_key_on_the_command_line_is_a_command_line_error(tmp_path):
     (["depth.estimator.name=depth-anything-v2-vits", "depth.estimator.input_size=500"],
      r"depth\.estimator\.input_size=500 \(command-line override .*multiple of 14"),
     (["model.query_groups=3", "model.query_init=encoder"], r"model\.query_groups=3 .*model\.query_init=encoder"),
+    # the data resample every cached level to data.feature_stride: depth_s4 at stride 8 is a stride-8 map
+    (["data.feature_stride=8"], r"reads depth_s4 \(stride 4\) for res2 .*data\.feature_stride=8 \(command-line"),
 ])
 def test_fields_that_contradict_each_other_are_refused(overrides, match):
     with pytest.raises(ConfigError, match=match):
