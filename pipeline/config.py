@@ -123,6 +123,10 @@ class ModelConfig:
         "decoder layer and learns its mask and class without matching (MP-Former); inference is unchanged")
     pilot_label_noise: float = setting(0.2, range="[0, 1]",
                                        help="share of piloted queries started from a random class's embedding")
+    roi_classifier: bool = setting(
+        False, help="add to each query's class logits those of a Mask R-CNN-style head on a RoIAlign grid of the mask "
+        "features and the query's mask inside its mask's box (keeps the region's layout, which attention pools away)")
+    roi_size: int = setting(7, range="[1, inf)", help="roi_classifier: RoIAlign grid size S (S x S cells)")
     depth_fusion: DepthFusionConfig = field(default_factory=DepthFusionConfig)
     # losses (Mask2Former defaults)
     class_weight: float = setting(2.0, range="[0, inf)",

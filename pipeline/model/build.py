@@ -11,6 +11,7 @@ from pipeline.model.depth_fusion import DepthFusion
 from pipeline.model.mask_former import MaskFormer
 from pipeline.model.matcher import HungarianMatcher
 from pipeline.model.pixel_decoder import MSDeformAttnPixelDecoder
+from pipeline.model.roi_classifier import MaskRoIClassifier
 from pipeline.model.transformer_decoder import MaskedTransformerDecoder
 
 
@@ -64,6 +65,7 @@ def build_model(cfg: ModelConfig, num_classes: int, depth_channels: dict[str, in
         query_groups=cfg.query_groups,
         mask_piloted=cfg.mask_piloted,
         pilot_label_noise=cfg.pilot_label_noise,
+        roi_classifier=MaskRoIClassifier(cfg.mask_dim, num_classes, size=cfg.roi_size) if cfg.roi_classifier else None,
     )
     semantic_head = nn.Conv2d(cfg.mask_dim, num_classes + 1, 1) if cfg.semantic_weight > 0 else None
     return MaskFormer(backbone, pixel_decoder, decoder, fusion, semantic_head=semantic_head)

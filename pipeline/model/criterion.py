@@ -171,11 +171,7 @@ class SetCriterion(nn.Module):
     def loss_labels(self, outputs: dict, targets: list[dict], indices, weights: Tensor) -> Tensor:
         """Cross-entropy over all queries; unmatched ones target "no object" (class weight eos_coef)."""
         logits = outputs["pred_logits"].float()
-        b, q, _ = logits.shape
-        target_classes = torch.full((b, q), self.num_classes, dtype=torch.int64, device=logits.device)
-        for i, (t, (src, tgt)) in enumerate(zip(targets, indices, strict=True)):
-            if len(src):
-                target_classes[i, src.to(logits.device)] = t["labels"].to(logits.device)[tgt.to(logits.device)]
+        target_classes = self._target_classes(logits, targets, indices)
         ce = F.cross_entropy(logits.transpose(1, 2), target_classes, reduction="none")  # (B, Q)
         class_w = self.empty_weight[target_classes]
         # same as cross_entropy(weight=empty_weight) when every image weight is 1
@@ -184,15 +180,20 @@ class SetCriterion(nn.Module):
     def loss_matched_labels(self, outputs: dict, targets: list[dict], indices, weights: Tensor) -> Tensor:
         """Cross-entropy of the matched queries only (mean over them, weighted per image)."""
         logits = outputs["pred_logits"].float()
-        ces, ws = [], []
+        target_classes = self._target_classes(logits, targets, indices)
+        matched = target_classes < self.num_classes
+        ce = F.cross_entropy(logits.transpose(1, 2), target_classes, reduction="none")  # (B, Q)
+        # no match anywhere: 0 that keeps the graph
+        return (ce * weights[:, None] * matched).sum() / matched.sum().clamp(min=1)
+
+    def _target_classes(self, logits: Tensor, targets: list[dict], indices) -> Tensor:
+        """(B, Q) class of each query's matched instance; K ("no object") for unmatched queries."""
+        b, q, _ = logits.shape
+        target_classes = torch.full((b, q), self.num_classes, dtype=torch.int64, device=logits.device)
         for i, (t, (src, tgt)) in enumerate(zip(targets, indices, strict=True)):
             if len(src):
-                labels = t["labels"].to(logits.device)[tgt.to(logits.device)]
-                ces.append(F.cross_entropy(logits[i, src.to(logits.device)], labels, reduction="none"))
-                ws.append(weights[i].expand(len(src)))
-        if not ces:
-            return logits.sum() * 0.0
-        return (torch.cat(ces) * torch.cat(ws)).sum() / sum(len(c) for c in ces)
+                target_classes[i, src.to(logits.device)] = t["labels"].to(logits.device)[tgt.to(logits.device)]
+        return target_classes
 
     def loss_masks(self, outputs: dict, targets: list[dict], indices, weights: Tensor,
                    num_masks: Tensor) -> tuple[Tensor, Tensor]:

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from pipeline.model.padding import downsample_mask, zero_padding
 from pipeline.model.position_encoding import PositionEmbeddingSine
+from pipeline.model.roi_classifier import MaskRoIClassifier
 
 
 class SelfAttentionLayer(nn.Module):
@@ -111,6 +112,8 @@ class MaskedTransformerDecoder(nn.Module):
             returns all G*Q predictions with "query_groups": G, so the criterion matches each group
             one-to-one on its own and every instance teaches G queries per step instead of one. In
             eval mode only the first group runs: inference costs and outputs as with G = 1.
+        roi_classifier: None, or a `MaskRoIClassifier` whose logits (from each query's mask region)
+            are added to the query head's after every layer.
     """
 
     def __init__(
@@ -129,6 +132,7 @@ class MaskedTransformerDecoder(nn.Module):
         query_groups: int = 1,
         mask_piloted: bool = False,
         pilot_label_noise: float = 0.2,
+        roi_classifier: Optional[MaskRoIClassifier] = None,
     ) -> None:
         super().__init__()
         if query_init not in ("learned", "encoder"):
@@ -171,6 +175,7 @@ class MaskedTransformerDecoder(nn.Module):
             self.label_embed = nn.Embedding(num_classes, hidden_dim)
             self.pilot_pos = nn.Embedding(1, hidden_dim)
         self.class_embed = nn.Linear(hidden_dim, num_classes + 1)
+        self.roi_classifier = roi_classifier
         self.mask_embed = MLP(hidden_dim, hidden_dim, mask_dim, 3)
         for module in (*self.self_attn, *self.cross_attn, *self.ffn):
             for p in module.parameters():
@@ -299,6 +304,8 @@ class MaskedTransformerDecoder(nn.Module):
         logits = self.class_embed(x)
         mask_embed = self.mask_embed(x)
         masks = torch.einsum("bqc,bchw->bqhw", mask_embed, mask_features)
+        if self.roi_classifier is not None:
+            logits = logits + self.roi_classifier(mask_features, masks, mask_pad)
         with torch.no_grad():
             # logit 0 on padding: a blend with it keeps the sign of the image cells, so the threshold
             # below reads the image only
