@@ -87,6 +87,7 @@ def equal_time_iters(budget_s: float, s_per_it: float) -> int:
 
 def run_project(cfg: Config) -> dict:
     """Train the project's model on `cfg` (supervised) and return its row."""
+    from pipeline.engine.evaluate import evaluate_checkpoint
     from pipeline.evaluation import save_metrics
     from pipeline.train import train
 
@@ -95,13 +96,15 @@ def run_project(cfg: Config) -> dict:
     wall = time.perf_counter() - t0
     out = Path(cfg.train.output_dir)
     save_metrics(metrics, out / "metrics.json")
+    # the predictions again (after the timed part), for the class-agnostic AP: the anchors write theirs
+    evaluate_checkpoint(cfg, out, out_dir=out / "eval")
     logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
     loop_s = max((r["time"] for r in logged if "time" in r), default=float("nan"))
     fusion = "+ Depth Fusion" if cfg.model.depth_fusion.enabled else "RGB"
     return {"method": f"project: Mask2Former {cfg.model.backbone}, supervised {fusion}", "iters": cfg.train.max_iter,
             "batch": cfg.train.batch_size, "AP": metrics.get("AP", float("nan")),
             "AP50": metrics.get("AP50", float("nan")), "s_per_it": loop_s / cfg.train.max_iter, "wall_s": wall,
-            "out": str(out)}  # fmt: skip
+            **mask_and_class(cfg.data.val_json, out / "eval" / "results.json"), "out": str(out)}  # fmt: skip
 
 
 def run_anchor(cfg: Config, mode: str, reader, iters: int, batch_size: int, device: torch.device, out_dir: Path,
@@ -114,7 +117,22 @@ def run_anchor(cfg: Config, mode: str, reader, iters: int, batch_size: int, devi
     label = MODE_LABELS[mode] + ("" if norm == "bn" else f", {norm} BN")
     return {"method": label, "iters": iters, "batch": batch_size, "AP": run.metrics.get("AP", float("nan")),
             "AP50": run.metrics.get("AP50", float("nan")), "s_per_it": run.train_s / iters, "wall_s": wall,
-            "train_s": run.train_s, "mode": mode, "out": str(out_dir)}  # fmt: skip
+            "train_s": run.train_s, "mode": mode,
+            **mask_and_class(cfg.data.val_json, Path(out_dir) / "results.json"), "out": str(out_dir)}  # fmt: skip
+
+
+def mask_and_class(val_json: str | Path, results_json: Path) -> dict:
+    """A run's val predictions, masks apart from classes: class-agnostic mask AP, the share of instances
+    found (a prediction of any class at mask IoU >= 0.5) and, of those, the share whose best-scored
+    prediction has the right class."""
+    from pipeline.evaluation.class_hits import instance_class_hits
+    from pipeline.evaluation.coco_eval import evaluate_segm, load_coco_gt
+
+    gt = load_coco_gt(val_json)
+    results = json.loads(results_json.read_text())
+    hits = instance_class_hits(gt, results)
+    return {"agnostic_AP": evaluate_segm(gt, results, class_agnostic=True)["AP"], "found": hits["found"],
+            "right_class": hits["right_class"]}  # fmt: skip
 
 
 def _ratio(a: float, b: float) -> str:
@@ -126,11 +144,14 @@ def _ratio(a: float, b: float) -> str:
 def format_table(rows: list[dict], reference: int) -> str:
     """The rows as a Markdown table; ratios are each row's AP and wall time over row `reference`'s."""
     ref = rows[reference]
-    head = (f"| method | iters | batch | mask AP | AP50 | s/it | wall time | AP / {ref['method'].split(':')[0]} "
-            f"| time / {ref['method'].split(':')[0]} |")
-    lines = [head, "|---|---|---|---|---|---|---|---|---|"]
+    head = (f"| method | iters | batch | mask AP | AP50 | class-agnostic AP | found | right class | s/it "
+            f"| wall time | AP / {ref['method'].split(':')[0]} | time / {ref['method'].split(':')[0]} |")
+    lines = [head, "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    nan = float("nan")
     for r in rows:
         lines.append(f"| {r['method']} | {r['iters']} | {r['batch']} | {r['AP']:.2f} | {r['AP50']:.2f} "
+                     f"| {r.get('agnostic_AP', nan):.2f} | {100 * r.get('found', nan):.0f} % "
+                     f"| {100 * r.get('right_class', nan):.0f} % "
                      f"| {r['s_per_it']:.3f} | {r['wall_s'] / 60:.1f} min | {_ratio(r['AP'], ref['AP'])} "
                      f"| {_ratio(r['wall_s'], ref['wall_s'])} |")  # fmt: skip
     return "\n".join(lines)

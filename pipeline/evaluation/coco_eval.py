@@ -68,6 +68,7 @@ def evaluate_segm(
     image_ids: Iterable[int] | None = None,
     *,
     verbose: bool = False,
+    class_agnostic: bool = False,
 ) -> dict:
     """COCO mask AP of `results` (COCO results format, RLE segmentations) against `coco_gt`.
 
@@ -79,6 +80,9 @@ def evaluate_segm(
     before `loadRes`, which would otherwise take the box area as the instance area and so change
     which detections count as small/medium/large (detectron2 does the same). AP/AP50/AP75 do not
     depend on it. An empty `results` gives AP 0 (pycocotools' `loadRes` crashes on it).
+
+    `class_agnostic`: COCOeval with `useCats = 0`, every detection matched against every instance
+    whatever the classes: how good the masks are, apart from their labels ("per_class_AP" is empty).
     """
     gt_ids = set(coco_gt.getImgIds())
     unknown = sorted({r["image_id"] for r in results} - gt_ids)
@@ -102,6 +106,8 @@ def evaluate_segm(
         coco_dt = coco_gt.loadRes(dets) if dets else _empty_results_coco(coco_gt)
         coco_eval = COCOeval(coco_gt, coco_dt, iouType="segm")
         coco_eval.params.imgIds = eval_ids
+        if class_agnostic:
+            coco_eval.params.useCats = 0
         coco_eval.evaluate()
         coco_eval.accumulate()
         coco_eval.summarize()
@@ -109,7 +115,7 @@ def evaluate_segm(
         print(out.getvalue(), end="")
 
     metrics: dict = {name: _percent(coco_eval.stats[i]) for i, name in enumerate(MAIN_METRICS)}
-    metrics["per_class_AP"] = _per_class_ap(coco_eval, coco_gt)
+    metrics["per_class_AP"] = {} if class_agnostic else _per_class_ap(coco_eval, coco_gt)
     metrics["num_images"] = len(eval_ids)
     eval_set = set(eval_ids)
     metrics["num_detections"] = sum(1 for r in results if r["image_id"] in eval_set)

@@ -32,13 +32,14 @@ def test_bench_anchor_cli_runs_every_mode_and_the_project(tiny_cache, tiny_confi
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("| ")]
     assert len(lines) == 1 + 4, proc.stdout  # header, project + three anchor modes
-    assert lines[0].startswith("| method | iters | batch | mask AP | AP50 |")
+    assert lines[0].startswith("| method | iters | batch | mask AP | AP50 | class-agnostic AP |")
     assert lines[1].startswith("| project: Mask2Former resnet18, supervised + Depth Fusion | 3 | 2 |")
     assert [ln.split("|")[1].strip() for ln in lines[2:]] == [
         "Mask R-CNN R18-FPN, RGB", "Mask R-CNN R18-FPN, depth", "Mask R-CNN R18-FPN, RGB + depth (4 ch)"]
     summary = json.loads((out / "anchor_bench.json").read_text())
     assert [r["iters"] for r in summary["rows"]] == [3, 3, 3, 3]
-    assert all(r["wall_s"] > 0 and 0 <= r["AP"] <= 100 for r in summary["rows"])
+    assert all(r["wall_s"] > 0 and 0 <= r["AP"] <= 100 and 0 <= r["agnostic_AP"] <= 100 for r in summary["rows"])
+    assert (out / "project" / "eval" / "results.json").is_file()
     # the project's run is its real trainer, supervised, under the bench's folder
     project_cfg = (out / "project" / "config.yaml").read_text()
     assert "max_iter: 3" in project_cfg and f"output_dir: {out / 'project'}" in project_cfg

@@ -168,6 +168,12 @@ def _to_results(coco: COCO, preds: dict[int, dict]) -> list[dict]:
     return [r for img_id, p in preds.items() for r in prediction_to_results(str(img_id), p, cats)]
 
 
+def _rle(m: np.ndarray) -> dict:
+    rle = mask_util.encode(np.asfortranarray(m.astype(np.uint8)))
+    rle["counts"] = rle["counts"].decode("ascii")
+    return rle
+
+
 def _direct_cocoeval(coco: COCO, results: list[dict], img_ids=None, cat_ids=None) -> np.ndarray:
     """pycocotools straight, on a JSON round trip of the results without their boxes."""
     dets = json.loads(json.dumps([{k: v for k, v in r.items() if k != "bbox"} for r in results]))
@@ -283,6 +289,53 @@ def test_perturbed_matches_pycocotools_exactly(seed):
     np.testing.assert_allclose([m["AP"], m["AP50"], m["AP75"]], ev.stats[:3] * 100, rtol=0, atol=1e-12)
     assert len(results) == m["num_detections"]
     assert [r["image_id"] for r in results] == [r["image_id"] for r in json.loads(json.dumps(results))]
+
+
+def test_class_agnostic_ap_scores_masks_apart_from_their_classes():
+    coco, inst = make_gt()
+    # every instance's true mask under another class: no per-class hit, every class-agnostic one
+    wrong = {i: [(m, (lab + 1) % 3) for m, lab in v] for i, v in inst.items()}
+    results = _to_results(coco, gt_predictions(coco, wrong))
+    assert evaluate_segm(coco, results)["AP"] < 5  # (a wrong-class mask may cover another instance)
+    agnostic = evaluate_segm(coco, results, class_agnostic=True)
+    assert agnostic["AP"] == pytest.approx(100.0) and agnostic["per_class_AP"] == {}
+    # and it is pycocotools' useCats = 0 on perturbed predictions
+    results = _to_results(coco, perturbed_predictions(coco, inst, 2))
+    dets = json.loads(json.dumps([{k: v for k, v in r.items() if k != "bbox"} for r in results]))
+    with contextlib.redirect_stdout(io.StringIO()):
+        ev = COCOeval(coco, coco.loadRes(dets), iouType="segm")
+        ev.params.useCats = 0
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    assert evaluate_segm(coco, results, class_agnostic=True)["AP"] == pytest.approx(ev.stats[0] * 100, abs=1e-12)
+
+
+def test_instance_class_hits_tell_missed_instances_from_wrong_classes():
+    from pipeline.evaluation.class_hits import instance_class_hits
+
+    coco, inst = make_gt()
+    n = sum(len(v) for v in inst.values())
+    right = instance_class_hits(coco, _to_results(coco, gt_predictions(coco, inst)))
+    assert right == {"instances": n, "found": 1.0, "right_class": 1.0}
+    wrong = {i: [(m, (lab + 1) % 3) for m, lab in v] for i, v in inst.items()}
+    assert instance_class_hits(coco, _to_results(coco, gt_predictions(coco, wrong)))["right_class"] == 0.0
+    assert instance_class_hits(coco, [])["found"] == 0.0
+
+    # two separate squares: one found under its class, one missed; then a better-scored wrong label
+    masks = np.zeros((2, 20, 20), bool)
+    masks[0, 2:8, 2:8] = True
+    masks[1, 12:18, 12:18] = True
+    gt = coco_from_dict({"images": [{"id": 1, "height": 20, "width": 20}], "categories": CATEGORIES,
+                         "annotations": [{"id": k + 1, "image_id": 1, "category_id": [1, 5][k], "iscrowd": 0,
+                                          "area": 36.0, "bbox": [0, 0, 1, 1],
+                                          "segmentation": _rle(masks[k])} for k in range(2)]})  # fmt: skip
+    near = masks[0].copy()
+    near[2, 2:8] = False  # IoU 30/36: found
+    res = [{"image_id": 1, "category_id": 1, "segmentation": _rle(near), "score": 0.5}]
+    assert instance_class_hits(gt, res) == {"instances": 2, "found": 0.5, "right_class": 1.0}
+    res.append({"image_id": 1, "category_id": 9, "segmentation": _rle(masks[0]), "score": 0.6})
+    assert instance_class_hits(gt, res)["right_class"] == 0.0
 
 
 def test_restricted_image_ids_match_pycocotools():
