@@ -111,12 +111,17 @@ def stage_b_start(cfg: Config) -> int:
 
 
 def stage_schedules(cfg: Config) -> dict[str, TrainConfig]:
-    """Each stage's schedule ("A" absent when there is no stage A): a whole schedule per stage, as
-    Guided Distillation trains its teacher and its student in two runs of the full recipe."""
+    """Each stage's schedule ("A" absent when there is no stage A, "B" absent when the run is stage A
+    alone): a whole schedule per stage, as Guided Distillation trains its teacher and its student in
+    two runs of the full recipe."""
     start_b = stage_b_start(cfg)
+    if start_b > 0 and start_b == cfg.train.max_iter:
+        # a stage-A-only run: the teacher alone, whose checkpoint a later run's stage B starts from
+        return {"A": stage_schedule(cfg.train, 0, start_b)}
     if start_b >= cfg.train.max_iter:
         raise ValueError(f"semi: stage B would start at iteration {start_b} but train.max_iter is "
-                         f"{cfg.train.max_iter}; raise train.max_iter above semi.teacher_iters")
+                         f"{cfg.train.max_iter}; raise train.max_iter to semi.teacher_iters (stage A alone) "
+                         "or above")
     # the student starts from a trained teacher: its peak rate may be lower than the teacher's
     b = stage_schedule(cfg.train, start_b, cfg.train.max_iter)
     out = {"B": dataclasses.replace(b, lr=cfg.train.lr * cfg.semi.student_lr_mult)}

@@ -157,3 +157,26 @@ def test_a_stage_without_a_milestone_is_warned_about_at_load_time():
             load_config(path)  # no shipped config has a stage whose LR never decays
     with pytest.raises(Exception, match="not both"):
         load_config(None, ["train.schedule=step", "train.steps=[5]", "train.step_fractions=[0.5]"])
+
+
+def test_a_stage_a_only_run_trains_the_teacher_that_a_later_stage_b_starts_from(tiny_cache, tiny_config, tmp_path):
+    """scripts/results.sh trains two-view teachers with semi.teacher_iters == train.max_iter, then starts
+    stage B from their checkpoint. Old code: 'stage B would start at iteration 3 but train.max_iter is 3'."""
+    import json
+
+    from pipeline.train import train
+
+    cfg = load_config(None, ["semi.enabled=true", "semi.teacher_iters=300", "train.max_iter=300"])
+    assert set(stage_schedules(cfg)) == {"A"} and stage_schedules(cfg)["A"].max_iter == 300
+    with pytest.raises(ValueError, match="stage B would start at iteration 300"):
+        stage_schedules(load_config(None, ["semi.enabled=true", "semi.teacher_iters=300", "train.max_iter=200"]))
+    common = ["semi.enabled=true", "semi.burn_in_iter=1", "semi.score_threshold=0.0", "train.warmup_iters=0"]
+    a = tmp_path / "A"
+    train(tiny_config(tiny_cache, a, *common, "semi.teacher_iters=3", "train.max_iter=3", "train.checkpoint_period=3"))
+    rows = [json.loads(s) for s in (a / "metrics.jsonl").read_text().splitlines()]
+    assert [r["stage"] for r in rows if "stage" in r] and all(r["stage"] == "A" for r in rows if "stage" in r)
+    b = tmp_path / "B"
+    train(tiny_config(tiny_cache, b, *common, f"semi.teacher_checkpoint={a / 'model_0000003.pth'}",
+                      "train.max_iter=2", "train.checkpoint_period=2"))
+    rows = [json.loads(s) for s in (b / "metrics.jsonl").read_text().splitlines()]
+    assert [r["stage"] for r in rows if "stage" in r][-1] == "B"
