@@ -87,7 +87,7 @@ def equal_time_iters(budget_s: float, s_per_it: float) -> int:
 
 def run_project(cfg: Config) -> dict:
     """Train the project's model on `cfg` (supervised) and return its row."""
-    from pipeline.engine.evaluate import evaluate_checkpoint
+    from pipeline.engine.trainer import final_eval_dir
     from pipeline.evaluation import save_metrics
     from pipeline.train import train
 
@@ -96,15 +96,14 @@ def run_project(cfg: Config) -> dict:
     wall = time.perf_counter() - t0
     out = Path(cfg.train.output_dir)
     save_metrics(metrics, out / "metrics.json")
-    # the predictions again (after the timed part), for the class-agnostic AP: the anchors write theirs
-    evaluate_checkpoint(cfg, out, out_dir=out / "eval")
     logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
     loop_s = max((r["time"] for r in logged if "time" in r), default=float("nan"))
+    predictions = final_eval_dir(out) / "coco_results.json"  # the trainer's last evaluation keeps them
     fusion = "+ Depth Fusion" if cfg.model.depth_fusion.enabled else "RGB"
     return {"method": f"project: Mask2Former {cfg.model.backbone}, supervised {fusion}", "iters": cfg.train.max_iter,
             "batch": cfg.train.batch_size, "AP": metrics.get("AP", float("nan")),
             "AP50": metrics.get("AP50", float("nan")), "s_per_it": loop_s / cfg.train.max_iter, "wall_s": wall,
-            **mask_and_class(cfg.data.val_json, out / "eval" / "results.json"), "out": str(out)}  # fmt: skip
+            **mask_and_class(cfg.data.val_json, predictions), "out": str(out)}  # fmt: skip
 
 
 def run_anchor(cfg: Config, mode: str, reader, iters: int, batch_size: int, device: torch.device, out_dir: Path,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 from tqdm import tqdm
@@ -34,12 +36,13 @@ def predict_loader(model: nn.Module, loader, device: torch.device, provider, max
 
 
 def evaluate_model(model: nn.Module, loader, coco_gt, device: torch.device, provider, max_det: int,
-                   use_depth: bool, show_progress: bool = True) -> dict:
+                   use_depth: bool, show_progress: bool = True, output_dir: Path | None = None) -> dict:
     """COCO segm metrics over the whole val set (the Evaluator gathers every process's results;
-    ranks other than 0 get {})."""
+    ranks other than 0 get {}). With `output_dir`, rank 0 also writes the predictions there
+    (`coco_results.json`) with `metrics.json`."""
     from pipeline.evaluation import Evaluator
 
-    evaluator = Evaluator(coco_gt, max_detections=max_det)
+    evaluator = Evaluator(coco_gt, max_detections=max_det, output_dir=output_dir)
     for image_id, pred in predict_loader(model, loader, device, provider, max_det, use_depth, show_progress):
         evaluator.process([image_id], [pred])
     return evaluator.evaluate()

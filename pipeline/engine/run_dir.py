@@ -16,7 +16,7 @@ LAST = "last_checkpoint"  # = pipeline.engine.checkpoint.LAST; not imported so t
 # default output folders; nothing else in the folder is touched by --overwrite
 RUN_FILES = ("metrics.jsonl", "curves.png", "config.yaml", LAST)
 RUN_GLOBS = ("model_*.pth", "model_*.pth.tmp", LAST + ".tmp")
-EVAL_DIRS = "eval_model_*"
+EVAL_DIRS = ("eval_model_*", "final_eval", "final_eval_*")  # evaluate's, and the trainer's last evaluation
 
 
 class RunDirError(ValueError):
@@ -56,6 +56,6 @@ def prepare_run_dir(out_dir: str | Path, resume: bool, overwrite: bool, is_main:
     for pattern in RUN_GLOBS:
         for p in out.glob(pattern):
             p.unlink(missing_ok=True)
-    for d in out.glob(EVAL_DIRS):
+    for d in (d for pattern in EVAL_DIRS for d in out.glob(pattern)):
         if d.is_dir():
             shutil.rmtree(d)

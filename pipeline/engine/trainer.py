@@ -10,6 +10,7 @@ layer never imports the higher one.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -132,9 +133,16 @@ def checkpoint_state(ctx: RunContext, **extra) -> dict:
     }
 
 
+def final_eval_dir(out_dir: Path, prefix: str = "val") -> Path:
+    """Where a run's evaluation at its last step keeps its val predictions (`coco_results.json`) and metrics."""
+    return out_dir / ("final_eval" if prefix == "val" else f"final_eval_{prefix}")
+
+
 def periodic_eval(ctx: RunContext, model: nn.Module, iteration: int, prefix: str = "val") -> dict:
+    # the last step's predictions are kept, so nothing has to predict the val set again to inspect them
+    keep = final_eval_dir(ctx.out_dir, prefix) if iteration == ctx.cfg.train.max_iter else None
     metrics = evaluate_model(model, ctx.val_loader, ctx.coco_val, ctx.device, ctx.provider,
-                             ctx.cfg.eval.max_detections, ctx.use_depth, show_progress=False)
+                             ctx.cfg.eval.max_detections, ctx.use_depth, show_progress=False, output_dir=keep)
     record = {"iter": iteration}
     record.update({f"{prefix}/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
     ctx.log.write(record)

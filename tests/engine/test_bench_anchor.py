@@ -39,7 +39,14 @@ def test_bench_anchor_cli_runs_every_mode_and_the_project(tiny_cache, tiny_confi
     summary = json.loads((out / "anchor_bench.json").read_text())
     assert [r["iters"] for r in summary["rows"]] == [3, 3, 3, 3]
     assert all(r["wall_s"] > 0 and 0 <= r["AP"] <= 100 and 0 <= r["agnostic_AP"] <= 100 for r in summary["rows"])
-    assert (out / "project" / "eval" / "results.json").is_file()
+    # the project's columns come from its trainer's last evaluation, kept; nothing predicts the val set again
+    from pipeline.evaluation import evaluate_segm, load_coco_gt
+
+    kept = out / "project" / "final_eval"
+    assert not (out / "project" / "eval").exists()
+    scored = evaluate_segm(load_coco_gt(tiny_cache / "annotations" / "val.json"),
+                           json.loads((kept / "coco_results.json").read_text()))
+    assert scored["AP"] == pytest.approx(summary["rows"][0]["AP"])
     # the project's run is its real trainer, supervised, under the bench's folder
     project_cfg = (out / "project" / "config.yaml").read_text()
     assert "max_iter: 3" in project_cfg and f"output_dir: {out / 'project'}" in project_cfg

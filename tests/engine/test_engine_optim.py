@@ -180,3 +180,7 @@ def test_a_stage_a_only_run_trains_the_teacher_that_a_later_stage_b_starts_from(
                       "train.max_iter=2", "train.checkpoint_period=2"))
     rows = [json.loads(s) for s in (b / "metrics.jsonl").read_text().splitlines()]
     assert [r["stage"] for r in rows if "stage" in r][-1] == "B"
+    # the last evaluation keeps its predictions: the teacher's (reported) and the student's
+    assert (a / "final_eval" / "coco_results.json").is_file()
+    assert (b / "final_eval" / "coco_results.json").is_file()
+    assert (b / "final_eval_student" / "coco_results.json").is_file()

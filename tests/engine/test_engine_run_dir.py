@@ -22,6 +22,9 @@ def _old_run(run: Path) -> None:
     (run / "metrics.jsonl").write_text(json.dumps({"iter": 9, "loss": 1.0}) + "\n")
     (run / "eval_model_0000009").mkdir()
     (run / "eval_model_0000009" / "metrics.json").write_text("{}")
+    for kept in ("final_eval", "final_eval_student"):  # the trainer's last evaluation
+        (run / kept).mkdir()
+        (run / kept / "coco_results.json").write_text("[]")
     (run / "notes.txt").write_text("mine")
 
 
