@@ -50,15 +50,18 @@ def zero_padding(x: Tensor, mask: Optional[Tensor]) -> Tensor:
     return x.masked_fill(mask[:, None], 0.0)
 
 
+def image_extent(mask: Tensor, dtype: torch.dtype) -> Tensor:
+    """(B, 2) width and height, in cells, of the image on a map padded bottom/right; mask: (B, h, w) True on padding."""
+    return torch.stack([(~mask[:, 0, :]).sum(1), (~mask[:, :, 0]).sum(1)], -1).to(dtype)
+
+
 def valid_ratios(mask: Optional[Tensor], batch: int, device: torch.device, dtype: torch.dtype) -> Tensor:
     """(B, 2) fraction (x, y) of a map's width and height that the image covers (Deformable DETR's
     `get_valid_ratio`); ones without a mask."""
     if mask is None:
         return torch.ones(batch, 2, device=device, dtype=dtype)
     _, h, w = mask.shape
-    valid_h = (~mask[:, :, 0]).sum(1).to(dtype)
-    valid_w = (~mask[:, 0, :]).sum(1).to(dtype)
-    return torch.stack([valid_w / w, valid_h / h], -1)
+    return image_extent(mask, dtype) / torch.tensor([w, h], device=mask.device, dtype=dtype)
 
 
 def masked_interpolate(x: Tensor, mask: Optional[Tensor], size: tuple[int, int]) -> Tensor:

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pipeline.model.padding import image_extent
+
 
 def mask_boxes(masks: Tensor, pad: Optional[Tensor], margin: float) -> Tensor:
     """Boxes (B, Q, 4) as (x0, y0, x1, y1) in mask-grid cells around each mask's cells >= 0.5.
@@ -36,18 +38,16 @@ def mask_boxes(masks: Tensor, pad: Optional[Tensor], margin: float) -> Tensor:
     on = masks.sigmoid() >= 0.5
     if pad is not None:
         on = on & ~pad[:, None]
-        img_h = (~pad[:, :, 0]).sum(1).to(masks.dtype)  # padding is bottom/right (padding.py)
-        img_w = (~pad[:, 0, :]).sum(1).to(masks.dtype)
+        extent = image_extent(pad, masks.dtype)
     else:
-        img_h = torch.full((b,), float(h), dtype=masks.dtype, device=masks.device)
-        img_w = torch.full((b,), float(w), dtype=masks.dtype, device=masks.device)
+        extent = torch.tensor([w, h], dtype=masks.dtype, device=masks.device).expand(b, 2)
     rows, cols = on.any(3), on.any(2)  # (B, Q, h), (B, Q, w)
     y0 = rows.float().argmax(2)
     y1 = h - rows.flip(2).float().argmax(2)
     x0 = cols.float().argmax(2)
     x1 = w - cols.flip(2).float().argmax(2)
     box = torch.stack([x0, y0, x1, y1], -1).to(masks.dtype)
-    extent = torch.stack([img_w, img_h], -1)[:, None].expand(b, q, 2)  # (B, Q, 2)
+    extent = extent[:, None].expand(b, q, 2)  # (B, Q, 2)
     whole = torch.cat([torch.zeros_like(extent), extent], -1)
     box = torch.where(rows.any(2)[..., None], box, whole)
     grow = margin * (box[..., 2:] - box[..., :2]) + 1.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torchvision.ops import roi_align
 
@@ -111,3 +112,14 @@ def test_overfits_scenes_whose_classes_share_one_colour():
     cfg = small_config()
     cfg.roi_classifier = True
     assert train_and_score(images, targets, steps=40, cfg=cfg) >= 0.7
+
+
+def test_image_extent_and_valid_ratios_read_the_same_padding():
+    """mask_boxes clips to `image_extent`; the encoder's reference points scale by `valid_ratios`: one padding."""
+    from pipeline.model.padding import image_extent, valid_ratios
+
+    pad = torch.ones(2, 6, 10, dtype=torch.bool)
+    pad[0, :4, :7] = False  # 7 x 4 cells of image, padded bottom/right
+    pad[1, :, :] = False  # no padding
+    assert image_extent(pad, torch.float32).tolist() == [[7.0, 4.0], [10.0, 6.0]]
+    assert valid_ratios(pad, 2, pad.device, torch.float32).flatten().tolist() == pytest.approx([0.7, 4 / 6, 1.0, 1.0])
