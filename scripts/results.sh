@@ -1,115 +1,129 @@
 #!/usr/bin/env bash
-# The results table of the README on the generated RGB-D dataset (CPU, 1 thread per run, two runs
-# at a time on two cores). Usage: bash scripts/results.sh PCT [PCT ...]   (default: 5)
-# Rows: supervised-only (RGB), teacher-student RGB-only, + Depth Fusion, + depth pseudo-labels
-# (constant w = 0.5), + Depth Controller (the full method). Budgets are equal: every row trains
-# 1000 iterations (semi-supervised: 600 teacher + 400 student), batch 8 labelled (+ 8 unlabelled).
-# Each run ends with `cli.py evaluate` on the val split (eval/metrics.json in the run folder).
-# `bash scripts/results.sh --supervised PCT ...`: only the supervised baselines with and without
-# Depth Fusion (600 iterations), e.g. for 100 % labels.
-# `bash scripts/results.sh --ends PCT ...`: only the first and last rows (supervised-only and the
-# full method), e.g. for 1 % and 10 %.
-# `bash scripts/results.sh --controller PCT ...`: Depth Controller ablations from the same stage-A
-# teacher as the full method (constant w = 0.75, near the adaptive controller's range; agreement
-# term only; loss term only); needs A_2view_PCT from a table or --ends run.
-# `bash scripts/results.sh --reseed PCT SEED`: stage B of "+ Depth Fusion" and of the full method
-# again with another train.seed (same stage-A teachers), in parallel: the run-to-run spread of stage B.
+# The README's results tables on the generated RGB-D datasets (CPU, 1 thread per run, two runs at a
+# time on two cores), with the demo configs' recipe and budget.
+# Usage: bash scripts/results.sh [--preset default|small] [MODE] PCT ...   (default: --preset default, 5)
+# PRESET picks configs/demo.yaml (data/synthetic) or configs/demo_small.yaml (data/synthetic_small,
+# `make-synthetic --preset small`); runs go to runs/results/PRESET/ (OUT overrides).
+#
+# Budgets are equal in labelled steps: every row trains SUP_ITERS (700) iterations of batch 8
+# labelled images; teacher-student rows split them into TEACHER_ITERS (450, stage A) + the rest
+# (250, stage B, plus 8 unlabelled images per step), as the demo does. Each run ends with
+# `cli.py evaluate` on the val split (eval/metrics.json in the run folder; the teacher's weights for
+# teacher-student runs, as in GD).
+#
+# MODE (none: the table)
+#   (none)          supervised RGB, supervised + Depth Fusion, teacher-student RGB only, the full
+#                   method (two-view teacher, then Depth Fusion + depth pseudo-labels + Depth
+#                   Controller), its stage B again with train.seed=1 (the stage-B spread), and the
+#                   anchor: torchvision Mask R-CNN R18-FPN on RGB + depth (4th channel) for
+#                   ANCHOR_ITERS (390) iterations, about the supervised rows' training time alone on
+#                   this CPU (its step costs 1.8x the project's: README, "Anchor").
+#   --ablation      + Depth Fusion teacher-student (RGB teacher) and depth pseudo-labels at a
+#                   constant w = 0.5, from the table's teachers.
+#   --controller    Depth Controller ablations from the full method's stage-A teacher (constant
+#                   w = 0.75; agreement term only; loss term only).
+#   --reseed PCT SEED  stage B of the full method again with train.seed=SEED.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=1
-OUT=${OUT:-runs/results}
-COMMON="train.eval_period=100 train.checkpoint_period=100 train.log_period=20 data.num_workers=1"
+PRESET=default
+if [ "${1:-}" = "--preset" ]; then PRESET=$2; shift 2; fi
+case "$PRESET" in
+  default) CONFIG=configs/demo.yaml; DATA=data/synthetic ;;
+  small) CONFIG=configs/demo_small.yaml; DATA=data/synthetic_small ;;
+  *) echo "results.sh: unknown --preset $PRESET (default or small)" >&2; exit 2 ;;
+esac
+OUT=${OUT:-runs/results/$PRESET}
+SUP_ITERS=${SUP_ITERS:-700}
+TEACHER_ITERS=${TEACHER_ITERS:-450}
+STUDENT_ITERS=$((SUP_ITERS - TEACHER_ITERS))
+ANCHOR_ITERS=${ANCHOR_ITERS:-390}
+COMMON="train.log_period=20 data.num_workers=1"
 NODEPTH="depth.mode=none model.depth_fusion.enabled=false semi.depth_pseudo_labels=false"
+# val AP along the way, for the convergence plot: 3 points in stage A, 5 in stage B
+A_EVAL="train.eval_period=$((TEACHER_ITERS / 3)) train.checkpoint_period=$((TEACHER_ITERS / 3))"
+B_EVAL="train.eval_period=$((STUDENT_ITERS / 5)) train.checkpoint_period=$STUDENT_ITERS"
+SUP_EVAL="train.eval_period=$((SUP_ITERS / 2)) train.checkpoint_period=$SUP_ITERS"
 
 split_of() {  # split_of PCT: the overrides for the labelled and unlabelled lists of a split
-  echo "data.train_json=data/synthetic/splits/train_${1}pct_seed0_labeled.json" \
-    "data.unlabeled_list=data/synthetic/splits/train_${1}pct_seed0_unlabeled.json"
+  echo "data.train_json=$DATA/splits/train_${1}pct_seed0_labeled.json" \
+    "data.unlabeled_list=$DATA/splits/train_${1}pct_seed0_unlabeled.json"
 }
 
 run() {  # run NAME OVERRIDES...: train, then evaluate its last checkpoint
   local name=$1; shift
   if [ -f "$OUT/$name/eval/metrics.json" ]; then echo "skip $name (done)"; return; fi
   local resume="--overwrite"; [ -f "$OUT/$name/last_checkpoint" ] && resume="--resume"  # no checkpoint: afresh
-  python cli.py train --config configs/demo.yaml $resume "train.output_dir=$OUT/$name" $COMMON "$@" \
-    > "$OUT/$name.log" 2>&1
-  python cli.py evaluate --config configs/demo.yaml --checkpoint "$OUT/$name" --out "$OUT/$name/eval" \
+  python cli.py train --config $CONFIG $resume "train.output_dir=$OUT/$name" $COMMON "$@" > "$OUT/$name.log" 2>&1
+  python cli.py evaluate --config $CONFIG --checkpoint "$OUT/$name" --out "$OUT/$name/eval" \
     "train.output_dir=$OUT/$name" $COMMON "$@" >> "$OUT/$name.log" 2>&1
   echo "done $name: $(python -c "import json;print(round(json.load(open('$OUT/$name/eval/metrics.json'))['AP'],2))")"
 }
 
-table() {  # table PCT: the five rows for one label percentage, on two parallel queues
+anchor() {  # anchor NAME OVERRIDES...: the Mask R-CNN RGB + depth anchor on the same data and cache
+  local name=$1; shift
+  if [ -f "$OUT/$name/anchor_bench.json" ]; then echo "skip $name (done)"; return; fi
+  rm -rf "${OUT:?}/$name"
+  python cli.py bench anchor --config $CONFIG --no-project --modes rgbd --iters "$ANCHOR_ITERS" --out "$OUT/$name" \
+    $COMMON "$@" > "$OUT/$name.log" 2>&1
+  echo "done $name: $(python -c "import json;print(round(json.load(open('$OUT/$name/anchor_bench.json'))['rows'][0]['AP'],2))")"
+}
+
+teacher_of() {  # teacher_of RUN: the stage-B overrides that start from RUN's stage-A checkpoint
+  echo "semi.teacher_checkpoint=$OUT/$1/model_$(printf %07d "$TEACHER_ITERS").pth train.max_iter=$STUDENT_ITERS"
+}
+
+table() {  # table PCT: the table's rows for one label percentage, on two parallel queues
   local p=$1
   local split; split=$(split_of "$p")
-  local teacher="semi.teacher_checkpoint=$OUT/A_2view_$p/model_0000600.pth train.max_iter=400"
   (
-    run "A_rgb_$p" $split semi.enabled=false $NODEPTH train.max_iter=600
-    run "B_rgb_$p" $split $NODEPTH "semi.teacher_checkpoint=$OUT/A_rgb_$p/model_0000600.pth" train.max_iter=400
-    run "A_2view_$p" $split semi.teacher_iters=600 train.max_iter=600
-    run "B_full_$p" $split $teacher
+    run "A_2view_$p" $split semi.teacher_iters=$TEACHER_ITERS train.max_iter=$TEACHER_ITERS $A_EVAL
+    run "B_full_$p" $split $(teacher_of "A_2view_$p") $B_EVAL
+    run "B_full_${p}_seed1" $split $(teacher_of "A_2view_$p") $B_EVAL train.seed=1
   ) &
   (
-    run "A_df_$p" $split semi.enabled=false train.max_iter=600
-    run "B_df_$p" $split semi.depth_pseudo_labels=false "semi.teacher_checkpoint=$OUT/A_df_$p/model_0000600.pth" \
-      train.max_iter=400
-    run "sup_rgb_$p" $split semi.enabled=false $NODEPTH train.max_iter=1000
-    while [ ! -f "$OUT/A_2view_$p/model_0000600.pth" ]; do sleep 20; done
-    run "B_depthpl_$p" $split $teacher semi.controller.kind=constant
+    run "sup_df_$p" $split semi.enabled=false train.max_iter=$SUP_ITERS $SUP_EVAL
+    run "A_rgb_$p" $split semi.enabled=false $NODEPTH train.max_iter=$TEACHER_ITERS $A_EVAL
+    run "B_rgb_$p" $split $NODEPTH $(teacher_of "A_rgb_$p") $B_EVAL
+    anchor "anchor_rgbd_$p" $split
+    run "sup_rgb_$p" $split semi.enabled=false $NODEPTH train.max_iter=$SUP_ITERS $SUP_EVAL
   ) &
   wait
 }
 
-supervised() {  # supervised PCT: the baselines with and without Depth Fusion, in parallel
-  local p=$1
-  local split="data.train_json=data/synthetic/splits/train_${p}pct_seed0_labeled.json"
-  run "A_rgb_$p" $split semi.enabled=false $NODEPTH train.max_iter=600 &
-  run "A_df_$p" $split semi.enabled=false train.max_iter=600 &
-  wait
-}
-
-ends() {  # ends PCT: supervised-only and the full method, in parallel
+ablation() {  # ablation PCT: the middle rows, from the table's teachers (and an RGB-view teacher with Depth Fusion)
   local p=$1
   local split; split=$(split_of "$p")
-  run "sup_rgb_$p" $split semi.enabled=false $NODEPTH train.max_iter=1000 &
+  if [ ! -f "$OUT/A_2view_$p/model_$(printf %07d "$TEACHER_ITERS").pth" ]; then
+    echo "no $OUT/A_2view_$p: run the table first"; exit 1
+  fi
   (
-    run "A_2view_$p" $split semi.teacher_iters=600 train.max_iter=600
-    run "B_full_$p" $split "semi.teacher_checkpoint=$OUT/A_2view_$p/model_0000600.pth" train.max_iter=400
+    run "A_df_$p" $split semi.enabled=false train.max_iter=$TEACHER_ITERS $A_EVAL
+    run "B_df_$p" $split semi.depth_pseudo_labels=false $(teacher_of "A_df_$p") $B_EVAL
   ) &
+  run "B_depthpl_$p" $split $(teacher_of "A_2view_$p") $B_EVAL semi.controller.kind=constant &
   wait
 }
 
 controller() {  # controller PCT: which part of the Depth Controller matters, on two parallel queues
   local p=$1
   local split; split=$(split_of "$p")
-  local teacher="semi.teacher_checkpoint=$OUT/A_2view_$p/model_0000600.pth train.max_iter=400"
-  if [ ! -f "$OUT/A_2view_$p/model_0000600.pth" ]; then echo "no $OUT/A_2view_$p: run --ends $p first"; exit 1; fi
+  local teacher; teacher=$(teacher_of "A_2view_$p")
+  if [ ! -f "$OUT/A_2view_$p/model_$(printf %07d "$TEACHER_ITERS").pth" ]; then
+    echo "no $OUT/A_2view_$p: run the table first"; exit 1
+  fi
   (
-    run "B_const75_$p" $split $teacher semi.controller.kind=constant semi.controller.init_weight=0.75
-    run "B_lossonly_$p" $split $teacher semi.controller.agreement_gain=0
+    run "B_const75_$p" $split $teacher $B_EVAL semi.controller.kind=constant semi.controller.init_weight=0.75
+    run "B_lossonly_$p" $split $teacher $B_EVAL semi.controller.agreement_gain=0
   ) &
-  run "B_agreeonly_$p" $split $teacher semi.controller.loss_gain=0 &
-  wait
-}
-
-reseed() {  # reseed PCT SEED: stage B of + Depth Fusion and of the full method with another seed
-  local p=$1 seed=$2
-  local split; split="$(split_of "$p") train.seed=$seed train.max_iter=400"
-  run "B_full_${p}_seed$seed" $split "semi.teacher_checkpoint=$OUT/A_2view_$p/model_0000600.pth" &
-  run "B_df_${p}_seed$seed" $split semi.depth_pseudo_labels=false "semi.teacher_checkpoint=$OUT/A_df_$p/model_0000600.pth" &
+  run "B_agreeonly_$p" $split $teacher $B_EVAL semi.controller.loss_gain=0 &
   wait
 }
 
 mkdir -p "$OUT"
-if [ "${1:-}" = "--supervised" ]; then
-  shift
-  for p in "$@"; do supervised "$p"; done
-elif [ "${1:-}" = "--controller" ]; then
-  shift
-  for p in "$@"; do controller "$p"; done
-elif [ "${1:-}" = "--reseed" ]; then
-  reseed "$2" "$3"
-elif [ "${1:-}" = "--ends" ]; then
-  shift
-  for p in "$@"; do ends "$p"; done
-else
-  for p in "${@:-5}"; do table "$p"; done
-fi
+case "${1:-}" in
+  --ablation) shift; for p in "$@"; do ablation "$p"; done ;;
+  --controller) shift; for p in "$@"; do controller "$p"; done ;;
+  --reseed) run "B_full_${2}_seed$3" $(split_of "$2") $(teacher_of "A_2view_$2") $B_EVAL "train.seed=$3" ;;
+  *) for p in "${@:-5}"; do table "$p"; done ;;
+esac
