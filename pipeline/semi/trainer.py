@@ -114,19 +114,18 @@ def stage_schedules(cfg: Config) -> dict[str, TrainConfig]:
     """Each stage's schedule ("A" absent when there is no stage A, "B" absent when the run is stage A
     alone): a whole schedule per stage, as Guided Distillation trains its teacher and its student in
     two runs of the full recipe."""
-    start_b = stage_b_start(cfg)
-    if start_b > 0 and start_b == cfg.train.max_iter:
-        # a stage-A-only run: the teacher alone, whose checkpoint a later run's stage B starts from
-        return {"A": stage_schedule(cfg.train, 0, start_b)}
-    if start_b >= cfg.train.max_iter:
+    start_b, end = stage_b_start(cfg), cfg.train.max_iter
+    # a run may be stage A alone (start_b == end: a later run's stage B starts from its checkpoint)
+    if start_b > end or end <= 0:
         raise ValueError(f"semi: stage B would start at iteration {start_b} but train.max_iter is "
-                         f"{cfg.train.max_iter}; raise train.max_iter to semi.teacher_iters (stage A alone) "
-                         "or above")
-    # the student starts from a trained teacher: its peak rate may be lower than the teacher's
-    b = stage_schedule(cfg.train, start_b, cfg.train.max_iter)
-    out = {"B": dataclasses.replace(b, lr=cfg.train.lr * cfg.semi.student_lr_mult)}
+                         f"{end}; raise train.max_iter to semi.teacher_iters (stage A alone) or above")
+    out = {}
     if start_b > 0:
-        out = {"A": stage_schedule(cfg.train, 0, start_b), **out}
+        out["A"] = stage_schedule(cfg.train, 0, start_b)
+    if start_b < end:
+        # the student starts from a trained teacher: its peak rate may be lower than the teacher's
+        b = stage_schedule(cfg.train, start_b, end)
+        out["B"] = dataclasses.replace(b, lr=cfg.train.lr * cfg.semi.student_lr_mult)
     return out
 
 
