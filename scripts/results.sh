@@ -7,9 +7,9 @@
 #
 # Budgets are equal in labelled steps: every row trains SUP_ITERS (700) iterations of batch 8
 # labelled images; teacher-student rows split them into TEACHER_ITERS (450, stage A) + the rest
-# (250, stage B, plus 8 unlabelled images per step), as the demo does. Each run ends with
-# `cli.py evaluate` on the val split (eval/metrics.json in the run folder; the teacher's weights for
-# teacher-student runs, as in GD).
+# (250, stage B, plus 8 unlabelled images per step), as the demo does. Each run's last evaluation on
+# the val split is its row (final_eval/metrics.json and coco_results.json in the run folder; the
+# teacher's weights for teacher-student runs, as in GD).
 #
 # MODE (none: the table)
 #   (none)          supervised RGB, supervised + Depth Fusion, teacher-student RGB only, the full
@@ -50,14 +50,12 @@ split_of() {  # split_of PCT: the overrides for the labelled and unlabelled list
     "data.unlabeled_list=$DATA/splits/train_${1}pct_seed0_unlabeled.json"
 }
 
-run() {  # run NAME OVERRIDES...: train, then evaluate its last checkpoint
+run() {  # run NAME OVERRIDES...: train; its last evaluation (the teacher's in stage B) is the row
   local name=$1; shift
-  if [ -f "$OUT/$name/eval/metrics.json" ]; then echo "skip $name (done)"; return; fi
+  if [ -f "$OUT/$name/final_eval/metrics.json" ]; then echo "skip $name (done)"; return; fi
   local resume="--overwrite"; [ -f "$OUT/$name/last_checkpoint" ] && resume="--resume"  # no checkpoint: afresh
   python cli.py train --config $CONFIG $resume "train.output_dir=$OUT/$name" $COMMON "$@" > "$OUT/$name.log" 2>&1
-  python cli.py evaluate --config $CONFIG --checkpoint "$OUT/$name" --out "$OUT/$name/eval" \
-    "train.output_dir=$OUT/$name" $COMMON "$@" >> "$OUT/$name.log" 2>&1
-  echo "done $name: $(python -c "import json;print(round(json.load(open('$OUT/$name/eval/metrics.json'))['AP'],2))")"
+  echo "done $name: $(python -c "import json;print(round(json.load(open('$OUT/$name/final_eval/metrics.json'))['AP'],2))")"
 }
 
 anchor() {  # anchor NAME OVERRIDES...: the Mask R-CNN RGB + depth anchor on the same data and cache
