@@ -269,6 +269,14 @@ class EvalConfig:
     """Inference and COCO evaluation."""
 
     max_detections: int = setting(100, range="[1, inf)", help="instances kept per image (the best-scored)")
+    mask_score_power: float = setting(
+        1.0, range="[0, inf)",
+        help="an instance scores class probability x mean mask probability ** this (Mask2Former: 1); larger "
+             "ranks by mask confidence, for models whose classes are not calibrated yet (README)")
+    mask_nms_sigma: float = setting(
+        0.0, range="[0, inf)",
+        help="Gaussian matrix NMS (SOLOv2) on the masks at inference, class-agnostic; 0 = off (Mask2Former), "
+             "SOLOv2 uses 2")
     score_threshold: float = setting(
         0.0, range="[0, 1]",
         help="instances scoring below this are dropped (note: evaluate and training evaluation do not read it yet)")

@@ -16,7 +16,8 @@ def mask_stride_of(model: nn.Module) -> int:
 
 
 def predict_loader(model: nn.Module, loader, device: torch.device, provider, max_det: int,
-                   use_depth: bool, show_progress: bool = True) -> list[tuple[str, dict]]:
+                   use_depth: bool, show_progress: bool = True,
+                   mask_score_power: float = 1.0, mask_nms_sigma: float = 0.0) -> list[tuple[str, dict]]:
     """(image_id, prediction at the original size) for every image this process sees."""
     from pipeline.model.postprocess import postprocess
 
@@ -29,20 +30,23 @@ def predict_loader(model: nn.Module, loader, device: torch.device, provider, max
         outputs = model(batch.images, batch.features if use_depth else None, ~batch.valid)
         sizes = [(int(v.any(1).sum()), int(v.any(0).sum())) for v in batch.valid]  # valid = top-left block
         preds = postprocess(outputs, sizes, [tuple(s) for s in batch.orig_sizes], max_det,
-                            mask_stride=mask_stride_of(model))
+                            mask_stride=mask_stride_of(model), mask_score_power=mask_score_power,
+                            mask_nms_sigma=mask_nms_sigma)
         out.extend((str(i), {k: v.cpu() for k, v in p.items()}) for i, p in zip(batch.image_ids, preds, strict=True))
     model.train(was_training)
     return out
 
 
 def evaluate_model(model: nn.Module, loader, coco_gt, device: torch.device, provider, max_det: int,
-                   use_depth: bool, show_progress: bool = True, output_dir: Path | None = None) -> dict:
+                   use_depth: bool, show_progress: bool = True, output_dir: Path | None = None,
+                   mask_score_power: float = 1.0, mask_nms_sigma: float = 0.0) -> dict:
     """COCO segm metrics over the whole val set (the Evaluator gathers every process's results;
     ranks other than 0 get {}). With `output_dir`, rank 0 also writes the predictions there
     (`coco_results.json`) with `metrics.json`."""
     from pipeline.evaluation import Evaluator
 
     evaluator = Evaluator(coco_gt, max_detections=max_det, output_dir=output_dir)
-    for image_id, pred in predict_loader(model, loader, device, provider, max_det, use_depth, show_progress):
+    for image_id, pred in predict_loader(model, loader, device, provider, max_det, use_depth, show_progress,
+                                         mask_score_power, mask_nms_sigma):
         evaluator.process([image_id], [pred])
     return evaluator.evaluate()

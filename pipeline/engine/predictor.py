@@ -195,7 +195,8 @@ class Predictor:
         outputs = self.model(batch.images, batch.features if self.depth is not None else None, ~batch.valid)
         size = tuple(tensor.shape[-2:])
         pred = postprocess(outputs, [sample.size], [size], self.cfg.eval.max_detections,
-                           mask_stride=self.model.mask_stride)[0]
+                           mask_stride=self.model.mask_stride, mask_score_power=self.cfg.eval.mask_score_power,
+                           mask_nms_sigma=self.cfg.eval.mask_nms_sigma)[0]
         pred = {k: v.cpu() for k, v in pred.items()}
         return Prediction(name or "image", size, pred["masks"], pred["scores"], pred["labels"], pred["boxes"],
                           self.categories)  # fmt: skip

@@ -5,7 +5,15 @@ kept (a query may appear with several classes). Mask logits are cropped to the c
 image (so the padding a batch adds is never read), upsampled bilinearly to input pixels, cropped to
 the valid image, resized to the output size and thresholded at 0
 (sigmoid 0.5); thresholding after the upsampling keeps sub-cell boundary detail. The final score
-is class probability x mean mask probability inside the mask.
+is class probability x (mean mask probability inside the mask) ** `mask_score_power`; Mask2Former's
+power is 1. A larger power ranks by mask confidence more than by class probability, which helps a
+model whose class probabilities are not yet calibrated (few iterations, small objects: README,
+"Ranking by mask confidence").
+
+With `mask_nms_sigma > 0`, SOLOv2's Gaussian matrix NMS then lowers the scores of masks that repeat a
+better-scored one, class-agnostically and per query (a query's classes share one mask and one decay).
+Off by default, as in Mask2Former, whose one-to-one matching is meant to make duplicates rare; after a
+short schedule they are not (README).
 """
 
 from __future__ import annotations
@@ -13,6 +21,32 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+
+def matrix_nms_decay(queries: Tensor, scores: Tensor, masks: Tensor, sigma: float) -> Tensor:
+    """SOLOv2's Gaussian matrix NMS, per query: the factor (k,) to multiply each candidate's score by.
+
+    Candidates are (query, class) pairs: `queries` (k,) their query, `scores` (k,), `masks` (k, H, W)
+    bool (the same mask for a query's candidates). A query is decayed by exp(-sigma * (iou^2 - c^2)),
+    minimised over the better-scored queries it overlaps, where iou is their mask IoU and c the
+    better one's own largest IoU with a query above it (a suppressor that is itself a duplicate
+    suppresses less).
+    """
+    uq, inv = queries.unique(return_inverse=True)
+    best = torch.zeros(len(uq), dtype=scores.dtype, device=scores.device).scatter_reduce(
+        0, inv, scores, reduce="amax", include_self=False)
+    first = torch.full((len(uq),), len(queries), dtype=torch.long, device=queries.device).scatter_reduce(
+        0, inv, torch.arange(len(queries), device=queries.device), reduce="amin")
+    order = best.argsort(descending=True)
+    flat = masks[first[order]].flatten(1).float()
+    inter = flat @ flat.T
+    area = flat.sum(1)
+    iou = (inter / (area[:, None] + area[None] - inter).clamp_min(1e-6)).triu(1)  # row: the better-scored
+    compensate = iou.max(0).values
+    decay_sorted = torch.exp(-sigma * (iou**2 - compensate[:, None] ** 2)).min(0).values
+    decay = torch.empty_like(decay_sorted)
+    decay[order] = decay_sorted
+    return decay[inv]
 
 
 def masks_to_boxes(masks: Tensor) -> Tensor:
@@ -37,7 +71,8 @@ def masks_to_boxes(masks: Tensor) -> Tensor:
 
 @torch.no_grad()
 def postprocess(outputs: dict, image_sizes: list[tuple[int, int]], out_sizes: list[tuple[int, int]],
-                max_det: int = 100, *, mask_stride: int) -> list[dict[str, Tensor]]:
+                max_det: int = 100, *, mask_stride: int, mask_score_power: float = 1.0,
+                mask_nms_sigma: float = 0.0) -> list[dict[str, Tensor]]:
     """
     Args:
         outputs: {"pred_logits": (B, Q, K+1), "pred_masks": (B, Q, h, w)} of the model.
@@ -46,6 +81,9 @@ def postprocess(outputs: dict, image_sizes: list[tuple[int, int]], out_sizes: li
         max_det: instances kept per image.
         mask_stride: input pixels per mask-logit cell (the model's `mask_stride`; no default, as a wrong one
             shifts and scales every mask without any error).
+        mask_score_power: exponent of the mean mask probability in the final score (>= 0; 0 scores by the
+            class probability alone).
+        mask_nms_sigma: Gaussian matrix NMS strength (SOLOv2 uses 2); 0 turns it off.
 
     Returns:
         per image {"masks": (N, H_i, W_i) bool, "scores": (N,) float, "labels": (N,) int64,
@@ -56,6 +94,10 @@ def postprocess(outputs: dict, image_sizes: list[tuple[int, int]], out_sizes: li
     if not (len(image_sizes) == len(out_sizes) == logits_all.shape[0]):
         raise ValueError(f"batch of {logits_all.shape[0]} with {len(image_sizes)} image sizes "
                          f"and {len(out_sizes)} output sizes")
+    if not mask_score_power >= 0:
+        raise ValueError(f"mask_score_power must be >= 0, got {mask_score_power}")
+    if not mask_nms_sigma >= 0:
+        raise ValueError(f"mask_nms_sigma must be >= 0, got {mask_nms_sigma}")
     num_classes = logits_all.shape[-1] - 1
     results = []
     for logits, mask_logits, (vh, vw), (oh, ow) in zip(logits_all, masks_all, image_sizes, out_sizes, strict=True):
@@ -72,7 +114,9 @@ def postprocess(outputs: dict, image_sizes: list[tuple[int, int]], out_sizes: li
         binary = m > 0
         prob = m.sigmoid()
         mask_score = (prob * binary).flatten(1).sum(1) / (binary.flatten(1).sum(1) + 1e-6)
-        final = top_scores * mask_score
+        final = top_scores * mask_score ** mask_score_power
+        if mask_nms_sigma > 0 and k > 1:
+            final = final * matrix_nms_decay(queries, final, binary, mask_nms_sigma)
         order = final.argsort(descending=True)
         binary = binary[order]
         results.append({

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from pipeline.model.postprocess import masks_to_boxes, postprocess
+from pipeline.model.postprocess import masks_to_boxes, matrix_nms_decay, postprocess
 
 
 def _logits_for(mask_hw: torch.Tensor) -> torch.Tensor:
@@ -85,3 +86,57 @@ def test_masks_to_boxes_handles_empty_masks():
     m = torch.zeros(2, 5, 6, dtype=torch.bool)
     m[1, 1:3, 2:5] = True
     torch.testing.assert_close(masks_to_boxes(m), torch.tensor([[0.0, 0, 0, 0], [2, 1, 5, 3]]))
+
+
+def test_mask_score_power_ranks_by_mask_confidence():
+    # query 0: likely class (0.88), hesitant mask (mean prob 0.51); query 1: unlikely class (0.27), sure mask
+    logits = torch.tensor([[[2.0, 0.0], [-1.0, 0.0]]])
+    masks = torch.stack([torch.full((4, 4), 0.05), torch.full((4, 4), 6.0)])[None]
+    p = logits.softmax(-1)[0, :, 0]
+    m = torch.sigmoid(torch.tensor([0.05, 6.0]))
+    for power, first in ((1.0, 0), (8.0, 1)):
+        (res,) = postprocess({"pred_logits": logits, "pred_masks": masks}, [(16, 16)], [(16, 16)], max_det=2,
+                             mask_stride=4, mask_score_power=power)
+        want = p * m**power
+        torch.testing.assert_close(res["scores"], want.sort(descending=True).values)
+        assert int(want.argmax()) == first
+    with pytest.raises(ValueError, match="mask_score_power"):
+        postprocess({"pred_logits": logits, "pred_masks": masks}, [(16, 16)], [(16, 16)], mask_stride=4,
+                    mask_score_power=-1.0)
+
+
+
+def test_matrix_nms_decay_follows_solov2():
+    a = torch.zeros(8, 8, dtype=torch.bool)
+    a[:4, :4] = True
+    b = torch.zeros(8, 8, dtype=torch.bool)
+    b[4:, 4:] = True
+    half = torch.zeros(8, 8, dtype=torch.bool)
+    half[:4, :2] = True  # IoU 0.5 with a
+    # candidates: query 0 twice (two classes), query 1 repeats its mask, query 2 elsewhere, query 3 repeats it
+    # again, query 4 half of it
+    queries = torch.tensor([0, 0, 1, 2, 3, 4])
+    scores = torch.tensor([0.5, 0.45, 0.4, 0.3, 0.2, 0.1])
+    masks = torch.stack([a, a, a, b, a, half])
+    decay = matrix_nms_decay(queries, scores, masks, sigma=2.0)
+    e = torch.exp(torch.tensor(-2.0))
+    # query 0 keeps both classes (its own mask does not suppress it); a duplicate of a duplicate is suppressed
+    # by the first (min over suppressors), not spared by the second's compensation
+    torch.testing.assert_close(decay, torch.stack([torch.tensor(1.0), torch.tensor(1.0), e, torch.tensor(1.0), e,
+                                                   torch.exp(torch.tensor(-2.0 * 0.25))]))
+
+
+def test_postprocess_with_matrix_nms_lowers_only_the_repeated_mask():
+    cells = torch.zeros(3, 4, 4, dtype=torch.bool)
+    cells[0, :2, :2] = cells[1, :2, :2] = True
+    cells[2, 2:, 2:] = True
+    outputs = {"pred_logits": torch.tensor([[[3.0, 0.0], [2.0, 0.0], [1.0, 0.0]]]),
+               "pred_masks": torch.where(cells, 6.0, -6.0)[None]}
+    (plain,) = postprocess(outputs, [(16, 16)], [(16, 16)], max_det=3, mask_stride=4)
+    (nms,) = postprocess(outputs, [(16, 16)], [(16, 16)], max_det=3, mask_stride=4, mask_nms_sigma=2.0)
+    s = plain["scores"]  # queries 0, 1, 2 in this order (decreasing class probability, equal masks)
+    want = torch.stack([s[0], s[2], s[1] * torch.exp(torch.tensor(-2.0))])  # query 1 drops below query 2
+    torch.testing.assert_close(nms["scores"], want)
+    assert torch.equal(nms["masks"][2], plain["masks"][1])
+    with pytest.raises(ValueError, match="mask_nms_sigma"):
+        postprocess(outputs, [(16, 16)], [(16, 16)], mask_stride=4, mask_nms_sigma=-1.0)
