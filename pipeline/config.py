@@ -242,10 +242,14 @@ class SemiConfig:
                                help="teacher = decay x teacher + (1 - decay) x student after burn-in (1 = frozen)")
     unlabeled_batch_size: int = setting(8, range="[1, inf)", help="unlabelled images per stage-B step")
     unsup_weight: float = setting(2.0, range="[0, inf)", help="weight of the unsupervised (pseudo-label) loss")
-    score_threshold: float = setting(0.7, range="[0, 1]",
-                                     help="pseudo-labels keep teacher predictions with class score above this")
+    score_threshold: float = setting(
+        0.7, range="[0, 1]", help="pseudo-labels keep teacher predictions scoring above this (pseudo_mask_score_power)")
     mask_threshold: float = setting(0.5, range="(0, 1)",
                                     help="a pseudo-label mask is where the teacher's mask probability exceeds this")
+    pseudo_mask_score_power: float = setting(
+        0.0, range="[0, inf)",
+        help="a pseudo-label's score (the one score_threshold applies to) is its class probability x its mean mask "
+             "probability ** this; 0 = the class probability alone (Guided Distillation)")
     min_mask_area: int = setting(5, range="[0, inf)",
                                  help="pseudo-label masks smaller than this many canvas pixels are dropped")
     pseudo_dedup_iou: Optional[float] = setting(

@@ -43,7 +43,7 @@ from pipeline.semi.depth_controller import build_controller, finish_measurements
 from pipeline.semi.depth_view import render_depth_view
 from pipeline.semi.ema import copy_student_to_teacher, ema_update, make_teacher
 from pipeline.semi.losses import combine_unsup_losses
-from pipeline.semi.pseudo_labels import make_pseudo_labels
+from pipeline.semi.pseudo_labels import PseudoLabeler
 
 
 def _forward(ctx: RunContext, model: nn.Module, images: torch.Tensor, batch, targets=None) -> dict:
@@ -73,19 +73,18 @@ def teacher_pseudo_labels(ctx: RunContext, teacher: nn.Module, batch,
     semi = ctx.cfg.semi
     timer = timer or StepTimer()
     size = tuple(batch.images.shape[-2:])
-    kw = dict(score_threshold=semi.score_threshold, mask_threshold=semi.mask_threshold,
-              min_mask_area=semi.min_mask_area, dedup_iou=semi.pseudo_dedup_iou)
+    label = PseudoLabeler.from_config(semi)
     with timer("teacher"):
         out_rgb = _forward(ctx, teacher, batch.images, batch)
     with timer("pseudo_labels"):
-        rgb = make_pseudo_labels(out_rgb, size, batch.valid, **kw)
+        rgb = label(out_rgb, size, batch.valid)
     depth = None
     if semi.depth_pseudo_labels:
         with timer("teacher"):
             view = render_depth_view(batch.depth, batch.valid, colormap=semi.depth_view)
             out_depth = _forward(ctx, teacher, view, batch)
         with timer("pseudo_labels"):
-            depth = make_pseudo_labels(out_depth, size, batch.valid, **kw)
+            depth = label(out_depth, size, batch.valid)
     return rgb, depth
 
 
