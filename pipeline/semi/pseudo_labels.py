@@ -15,10 +15,11 @@ still never turns a no-object query into an instance.
 
 Why the mask term (`mask_score_power` 0 is Guided Distillation's rule): after a few hundred steps the
 class probability hardly tells a good pseudo-label from a bad one. Of a small-preset stage-A teacher's
-predictions on 400 unlabelled images, those above class probability 0.3 and those above 0.8 were
-equally often on an object (mask IoU >= 0.5 with one: 51 % and 49 %); class probability x mean mask
-probability^8 > 0.2 kept the same share of the objects as 0.7 on the class alone (20 %) with 85 % of
-its pseudo-labels on an object instead of 52 % (README, "Pseudo-labels by mask confidence").
+pseudo-labels on 400 unlabelled images, those above class probability 0.3 and those above 0.8 were
+equally often on an object (mask IoU >= 0.5 with one: 48 % and 47 %); class probability x mean mask
+probability^8 > 0.2 covered as many of the objects as 0.7 on the class alone (16 % and 17 %) with 83 %
+of its pseudo-labels on an object instead of 50 % (`scripts/pseudo_label_quality.py`; README,
+"Pseudo-labels by mask confidence").
 
 Then near-duplicates are removed (optional, `dedup_iou`): in order of decreasing score, a mask whose
 IoU with an already kept mask exceeds `dedup_iou` is dropped, whatever its class. Mask2Former's
