@@ -29,9 +29,9 @@ from pipeline.data.collate import collate
 from pipeline.data.dataset import build_val_dataset
 from pipeline.engine.checkpoint import load_checkpoint, load_model_state, resolve_checkpoint
 from pipeline.engine.depth_source import build_provider, open_reader
-from pipeline.evaluation.pseudo_label_quality import pseudo_label_counts, summarise
 from pipeline.model.build import build_model
 from pipeline.semi.depth_view import render_depth_view
+from pipeline.semi.pseudo_label_quality import pseudo_label_counts, summarise
 from pipeline.semi.pseudo_labels import PseudoLabeler
 
 DEFAULT_RULES = ["0:0.7", "0:0.3", "0:0.8", "8:0.1", "8:0.2", "8:0.3"]

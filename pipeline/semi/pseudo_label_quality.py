@@ -12,6 +12,8 @@ from collections.abc import Sequence
 
 from torch import Tensor
 
+from pipeline.semi.pseudo_labels import mask_iou
+
 
 def pseudo_label_counts(pseudo: Sequence[dict[str, Tensor]], targets: Sequence[dict[str, Tensor]],
                         iou: float = 0.5) -> dict[str, int]:
@@ -32,10 +34,7 @@ def pseudo_label_counts(pseudo: Sequence[dict[str, Tensor]], targets: Sequence[d
         if p["masks"].shape[-2:] != t["masks"].shape[-2:]:
             raise ValueError(f"pseudo-label masks {tuple(p['masks'].shape[-2:])} and target masks "
                              f"{tuple(t['masks'].shape[-2:])} are not on one canvas")
-        a, b = p["masks"].flatten(1).float(), t["masks"].flatten(1).float()
-        inter = a @ b.T
-        union = a.sum(1)[:, None] + b.sum(1)[None] - inter
-        hit = inter / union.clamp(min=1) >= iou  # (N, M)
+        hit = mask_iou(p["masks"], t["masks"].to(p["masks"].device)) >= iou  # (N, M)
         same = p["labels"][:, None].to(t["labels"].device) == t["labels"][None]
         out["on_object"] += int(hit.any(1).sum())
         out["right"] += int((hit & same).any(1).sum())

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from pipeline.evaluation.pseudo_label_quality import pseudo_label_counts, summarise
+from pipeline.semi.pseudo_label_quality import pseudo_label_counts, summarise
 
 
 def _masks(*boxes, size=8):
