@@ -537,20 +537,24 @@ def bench_step_cmd(steps: int, image_size: int, batch_size: int, estimator: str,
                    "instead of for the same iterations.")
 @click.option("--probe-iters", type=int, default=12, show_default=True,
               help="--equal-time: iterations of the probe that measures the project's s/it (the first 3 not timed).")
+@click.option("--time-tolerance", type=float, default=0.05, show_default=True,
+              help="--equal-time: when the project's training time misses the anchor's by more than this "
+                   "fraction, it trains once more with its iterations rescaled by its own measured s/it.")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--out", "out_dir", default="runs/bench_anchor", show_default=True, type=click.Path(file_okay=False),
               help="Where every run's output goes (must be empty or absent).")
 @click.argument("overrides", nargs=-1)
 def bench_anchor_cmd(config: str | None, iters: int | None, batch_size: int | None, modes: str, project: bool,
-                     norm: str, equal_time: str | None, probe_iters: int, device: str, out_dir: str,
-                     overrides: tuple[str, ...]) -> None:
+                     norm: str, equal_time: str | None, probe_iters: int, time_tolerance: float, device: str,
+                     out_dir: str, overrides: tuple[str, ...]) -> None:
     """Mask R-CNN anchor (RGB, depth, RGB + depth) beside the project's model: mask AP and wall time, one table."""
     from bench.bench_anchor import parse_modes, run_bench
 
     cfg = _load(config, overrides)
     try:
         run_bench(cfg, iters=iters, batch_size=batch_size, modes=tuple(parse_modes(modes)), project=project,
-                  device=device, out_dir=out_dir, norm=norm, equal_time=equal_time, probe_iters=probe_iters)
+                  device=device, out_dir=out_dir, norm=norm, equal_time=equal_time, probe_iters=probe_iters,
+                  time_tolerance=time_tolerance)
     except (*_user_errors(), FileExistsError) as err:
         raise click.ClickException(_message(err)) from err
 

@@ -64,19 +64,41 @@ def test_bench_anchor_cli_runs_every_mode_and_the_project(tiny_cache, tiny_confi
 
 def test_bench_anchor_equal_time_sizes_the_project_run_from_the_anchor_and_a_probe(tiny_cache, tiny_config,
                                                                                    tmp_path):  # fmt: skip
+    # tolerance 0: any miss of the anchor's time makes the project train again, rescaled by its own s/it
     proc, _, out = run_bench_cli(tiny_cache, tiny_config, tmp_path, "--iters", "4", "--modes", "rgbd",
-                                 "--equal-time", "rgbd", "--probe-iters", "5")  # fmt: skip
+                                 "--equal-time", "rgbd", "--probe-iters", "5", "--time-tolerance", "0")  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((out / "anchor_bench.json").read_text())
-    project, anchor = summary["rows"]
-    assert summary["equal_time"] == "rgbd" and project["method"].startswith("project:") and anchor["iters"] == 4
-    # the probe's own log gives the s/it the project's iterations were sized by
+    *projects, anchor = summary["rows"]
+    assert summary["equal_time"] == "rgbd" and anchor["iters"] == 4 and anchor["mode"] == "rgbd"
+    assert all(p["method"].startswith("project:") for p in projects)
+    first = next(p for p in projects if p["out"] == str(out / "project"))
+    # the probe's own log gives the s/it the first run's iterations were sized by
     logged = [json.loads(ln) for ln in (out / "probe" / "metrics.jsonl").read_text().splitlines()]
     times = {r["iter"]: r["time"] for r in logged if "time" in r}
     s_it = (times[5] - times[3]) / 2
-    assert project["iters"] == max(1, round(anchor["train_s"] / s_it))
-    assert f"max_iter: {project['iters']}" in (out / "project" / "config.yaml").read_text()
+    assert first["iters"] == max(1, round(anchor["train_s"] / s_it))
+    assert f"max_iter: {first['iters']}" in (out / "project" / "config.yaml").read_text()
+    again = max(1, round(anchor["train_s"] / (first["train_s"] / first["iters"])))
+    if again == first["iters"]:  # the first run's own s/it sizes it the same: nothing to rerun
+        assert len(projects) == 1 and not (out / "project_rerun").exists()
+    else:
+        assert len(projects) == 2 and "trains again" in proc.stdout
+        rerun = next(p for p in projects if p["out"] == str(out / "project_rerun"))
+        assert rerun["iters"] == again
+        # the reference row (first) is the run whose training time is nearer the anchor's
+        assert abs(projects[0]["train_s"] - anchor["train_s"]) <= abs(projects[1]["train_s"] - anchor["train_s"])
     assert "equal training time with the rgbd anchor" in proc.stdout
+
+
+def test_rerun_iters_rescales_only_a_run_that_missed_the_budget():
+    from bench.bench_anchor import rerun_iters
+
+    # 100 iterations took 120 s of a 100-s budget: 1.2 s/it, so 83 iterations fit
+    assert rerun_iters(100.0, 100, 120.0, 0.05) == 83
+    assert rerun_iters(100.0, 100, 80.0, 0.05) == 125
+    assert rerun_iters(100.0, 100, 104.0, 0.05) is None  # within the tolerance
+    assert rerun_iters(100.0, 100, 100.4, 0.0) is None  # rescaled to the same count: nothing to rerun
 
 
 def test_equal_time_needs_its_mode_among_the_runs(tiny_cache, tiny_config, tmp_path):
@@ -87,6 +109,8 @@ def test_equal_time_needs_its_mode_among_the_runs(tiny_cache, tiny_config, tmp_p
         run_bench(cfg, iters=2, modes=("rgb",), equal_time="depth", out_dir=tmp_path / "b")
     with pytest.raises(ValueError, match="--equal-time rgb needs that mode"):
         run_bench(cfg, iters=2, modes=("rgb",), project=False, equal_time="rgb", out_dir=tmp_path / "b")
+    with pytest.raises(ValueError, match="--time-tolerance must be >= 0"):
+        run_bench(cfg, iters=2, modes=("rgb",), equal_time="rgb", time_tolerance=-0.1, out_dir=tmp_path / "b")
     assert equal_time_iters(100.0, 0.4) == 250 and equal_time_iters(0.1, 1.0) == 1
     with pytest.raises(ValueError, match="s per iteration"):
         equal_time_iters(10.0, float("nan"))
