@@ -26,6 +26,11 @@
 #   --pseudo-mask PCT [SEED]  stage B of the full method with pseudo-labels by mask confidence
 #                   (semi.pseudo_mask_score_power=8 semi.score_threshold=0.2; README), train.seed=SEED
 #                   (default 0): runs B_plm_PCT, B_plm_PCT_seedSEED.
+#   --targets PCT   only the rows the issue's 5 % targets compare against supervised + Depth Fusion:
+#                   the full method (stage A, stage B, stage B with train.seed=1) and supervised + Depth
+#                   Fusion for SUP_ITERS and for TEACHER_ITERS (sup_df_PCT_TEACHER_ITERSit), so a longer
+#                   stage A can be told apart from what stage B adds, e.g.
+#                   SUP_ITERS=1000 TEACHER_ITERS=700 OUT=runs/results_1000/small bash scripts/results.sh --preset small --targets 5
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=1
@@ -92,6 +97,27 @@ table() {  # table PCT: the table's rows for one label percentage, on two parall
   wait
 }
 
+targets() {  # targets PCT: the full method and supervised + Depth Fusion at two lengths, on two parallel queues
+  local p=$1
+  local split; split=$(split_of "$p")
+  (
+    run "A_2view_$p" $split semi.teacher_iters=$TEACHER_ITERS train.max_iter=$TEACHER_ITERS $A_EVAL
+    run "B_full_$p" $split $(teacher_of "A_2view_$p") $B_EVAL
+  ) &
+  (
+    run "sup_df_$p" $split semi.enabled=false train.max_iter=$SUP_ITERS $SUP_EVAL
+    run "sup_df_${p}_${TEACHER_ITERS}it" $split semi.enabled=false train.max_iter=$TEACHER_ITERS \
+      "train.eval_period=$TEACHER_ITERS" "train.checkpoint_period=$TEACHER_ITERS"
+    local waited=0  # stage A's teacher, finished by the other queue (which stops on an error: give up after 3 h)
+    until [ -f "$OUT/A_2view_$p/final_eval/metrics.json" ]; do
+      sleep 20; waited=$((waited + 20))
+      if [ $waited -ge 10800 ]; then echo "no $OUT/A_2view_$p after 3 h: see $OUT/A_2view_$p.log" >&2; exit 1; fi
+    done
+    run "B_full_${p}_seed1" $split $(teacher_of "A_2view_$p") $B_EVAL train.seed=1
+  ) &
+  wait
+}
+
 ablation() {  # ablation PCT: the middle rows, from the table's teachers (and an RGB-view teacher with Depth Fusion)
   local p=$1
   local split; split=$(split_of "$p")
@@ -134,5 +160,6 @@ case "${1:-}" in
   --controller) shift; for p in "$@"; do controller "$p"; done ;;
   --reseed) run "B_full_${2}_seed$3" $(split_of "$2") $(teacher_of "A_2view_$2") $B_EVAL "train.seed=$3" ;;
   --pseudo-mask) pseudo_mask "$2" "${3:-0}" ;;
+  --targets) shift; for p in "$@"; do targets "$p"; done ;;
   *) for p in "${@:-5}"; do table "$p"; done ;;
 esac
