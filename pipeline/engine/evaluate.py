@@ -73,8 +73,7 @@ def _evaluate_weights(cfg: Config, state: dict, source: str) -> tuple[dict, list
     val_ds = build_val_dataset(cfg, reader)
     loader = DataLoader(val_ds, batch_size=cfg.eval.batch_size, shuffle=False,
                         num_workers=cfg.data.num_workers, collate_fn=collate)
-    preds = predict_loader(model, loader, device, provider, cfg.eval.max_detections, bool(provider.channels),
-                           mask_score_power=cfg.eval.mask_score_power, mask_nms_sigma=cfg.eval.mask_nms_sigma)
+    preds = predict_loader(model, loader, device, provider, cfg.eval, bool(provider.channels))
     evaluator = Evaluator(val_ds.coco, max_detections=cfg.eval.max_detections)
     for image_id, pred in preds:
         evaluator.process([image_id], [pred])

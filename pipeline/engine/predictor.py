@@ -184,7 +184,7 @@ class Predictor:
         source reads the depth map of that stem."""
         from pipeline.data.collate import collate
         from pipeline.data.sample import new_sample
-        from pipeline.model.postprocess import postprocess
+        from pipeline.engine.inference import postprocess_outputs
 
         if name is None and isinstance(image, (str, Path)):
             name = Path(image).stem
@@ -194,9 +194,7 @@ class Predictor:
         batch = collate([sample]).to(self.device)
         outputs = self.model(batch.images, batch.features if self.depth is not None else None, ~batch.valid)
         size = tuple(tensor.shape[-2:])
-        pred = postprocess(outputs, [sample.size], [size], self.cfg.eval.max_detections,
-                           mask_stride=self.model.mask_stride, mask_score_power=self.cfg.eval.mask_score_power,
-                           mask_nms_sigma=self.cfg.eval.mask_nms_sigma)[0]
+        pred = postprocess_outputs(outputs, [sample.size], [size], self.cfg.eval, self.model.mask_stride)[0]
         pred = {k: v.cpu() for k, v in pred.items()}
         return Prediction(name or "image", size, pred["masks"], pred["scores"], pred["labels"], pred["boxes"],
                           self.categories)  # fmt: skip

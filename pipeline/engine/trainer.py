@@ -141,9 +141,8 @@ def final_eval_dir(out_dir: Path, prefix: str = "val") -> Path:
 def periodic_eval(ctx: RunContext, model: nn.Module, iteration: int, prefix: str = "val") -> dict:
     # the last step's predictions are kept, so nothing has to predict the val set again to inspect them
     keep = final_eval_dir(ctx.out_dir, prefix) if iteration == ctx.cfg.train.max_iter else None
-    metrics = evaluate_model(model, ctx.val_loader, ctx.coco_val, ctx.device, ctx.provider,
-                             ctx.cfg.eval.max_detections, ctx.use_depth, show_progress=False, output_dir=keep,
-                             mask_score_power=ctx.cfg.eval.mask_score_power, mask_nms_sigma=ctx.cfg.eval.mask_nms_sigma)
+    metrics = evaluate_model(model, ctx.val_loader, ctx.coco_val, ctx.device, ctx.provider, ctx.cfg.eval,
+                             ctx.use_depth, show_progress=False, output_dir=keep)
     record = {"iter": iteration}
     record.update({f"{prefix}/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
     ctx.log.write(record)

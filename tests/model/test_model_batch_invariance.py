@@ -21,7 +21,7 @@ from depth_cache.config import CacheConfig, EstimatorConfig  # noqa: E402
 from depth_cache.images import records_from_json  # noqa: E402
 from depth_cache.precompute import run_precompute  # noqa: E402
 from depth_cache.reader import open_cache  # noqa: E402
-from pipeline.config import ModelConfig  # noqa: E402
+from pipeline.config import EvalConfig, ModelConfig  # noqa: E402
 from pipeline.data.collate import collate  # noqa: E402
 from pipeline.data.dataset import UnlabeledDataset  # noqa: E402
 from pipeline.data.transforms import build_test_transforms  # noqa: E402
@@ -68,7 +68,8 @@ def _predict(model, ds, channels, batch_size: int, order: list[int]) -> dict[str
     subset = torch.utils.data.Subset(ds, order)
     loader = DataLoader(subset, batch_size=batch_size, shuffle=False, collate_fn=collate)
     provider = DepthProvider("cache", channels)
-    return dict(predict_loader(model, loader, torch.device("cpu"), provider, 10, True, show_progress=False))
+    return dict(predict_loader(model, loader, torch.device("cpu"), provider, EvalConfig(max_detections=10), True,
+                               show_progress=False))
 
 
 @pytest.mark.parametrize("recipe", ["default", "from-scratch"])
