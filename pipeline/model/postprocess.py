@@ -23,6 +23,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
+def mask_iou(a: Tensor, b: Tensor) -> Tensor:
+    """Pairwise IoU of bool masks `a` (N, H, W) and `b` (M, H, W) -> (N, M) float32 (0 where both are empty)."""
+    fa, fb = a.flatten(1).float(), b.flatten(1).float()
+    inter = fa @ fb.T
+    union = fa.sum(1)[:, None] + fb.sum(1)[None, :] - inter
+    return torch.where(union > 0, inter / union.clamp(min=1), torch.zeros_like(inter))
+
+
 def matrix_nms_decay(queries: Tensor, scores: Tensor, masks: Tensor, sigma: float) -> Tensor:
     """SOLOv2's Gaussian matrix NMS, per query: the factor (k,) to multiply each candidate's score by.
 
@@ -38,10 +46,8 @@ def matrix_nms_decay(queries: Tensor, scores: Tensor, masks: Tensor, sigma: floa
     first = torch.full((len(uq),), len(queries), dtype=torch.long, device=queries.device).scatter_reduce(
         0, inv, torch.arange(len(queries), device=queries.device), reduce="amin")
     order = best.argsort(descending=True)
-    flat = masks[first[order]].flatten(1).float()
-    inter = flat @ flat.T
-    area = flat.sum(1)
-    iou = (inter / (area[:, None] + area[None] - inter).clamp_min(1e-6)).triu(1)  # row: the better-scored
+    ranked = masks[first[order]]
+    iou = mask_iou(ranked, ranked).triu(1)  # row: the better-scored
     compensate = iou.max(0).values
     decay_sorted = torch.exp(-sigma * (iou**2 - compensate[:, None] ** 2)).min(0).values
     decay = torch.empty_like(decay_sorted)

@@ -30,7 +30,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
-from pipeline.semi.pseudo_labels import mask_iou
+from pipeline.model.postprocess import mask_iou
 
 
 def count_matches(

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from torch import Tensor
 
-from pipeline.semi.pseudo_labels import mask_iou
+from pipeline.model.postprocess import mask_iou
 
 
 def pseudo_label_counts(pseudo: Sequence[dict[str, Tensor]], targets: Sequence[dict[str, Tensor]],

@@ -43,6 +43,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from pipeline.model.postprocess import mask_iou
+
 
 def make_pseudo_labels(
     outputs: Mapping[str, Tensor],
@@ -211,14 +213,6 @@ def _dedup_per_image(masks: Tensor, counts: list[int], iou_threshold: float) -> 
         pos += n * n if n > 1 else 0
         start += n
     return torch.tensor(kept, dtype=torch.long, device=masks.device)
-
-
-def mask_iou(a: Tensor, b: Tensor) -> Tensor:
-    """Pairwise IoU of bool masks `a` (N, H, W) and `b` (M, H, W) -> (N, M) float32 (0 where both are empty)."""
-    fa, fb = a.flatten(1).float(), b.flatten(1).float()
-    inter = fa @ fb.T
-    union = fa.sum(1)[:, None] + fb.sum(1)[None, :] - inter
-    return torch.where(union > 0, inter / union.clamp(min=1), torch.zeros_like(inter))
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from pipeline.config import SemiConfig
-from pipeline.semi.pseudo_labels import PseudoLabeler, make_pseudo_labels, mask_iou, per_image_pseudo_labels
+from pipeline.model.postprocess import mask_iou
+from pipeline.semi.pseudo_labels import PseudoLabeler, make_pseudo_labels, per_image_pseudo_labels
 
 H = W = 8  # canvas; mask logits come at H/2 x W/2
 BIG = 10.0
