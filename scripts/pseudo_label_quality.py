@@ -22,14 +22,10 @@ import tempfile
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
 
 from pipeline.config_io import load_config
-from pipeline.data.collate import collate
-from pipeline.data.dataset import build_val_dataset
-from pipeline.engine.checkpoint import load_checkpoint, load_model_state, resolve_checkpoint
-from pipeline.engine.depth_source import build_provider, open_reader
-from pipeline.model.build import build_model
+from pipeline.engine.checkpoint import load_checkpoint, resolve_checkpoint
+from pipeline.engine.evaluate import eval_setup
 from pipeline.semi.depth_view import render_depth_view
 from pipeline.semi.pseudo_label_quality import pseudo_label_counts, summarise
 from pipeline.semi.pseudo_labels import PseudoLabeler
@@ -71,25 +67,20 @@ def main() -> None:
                                                      f"data.val_json={sub}"])  # fmt: skip
         ckpt_path = resolve_checkpoint(args.run)
         ckpt = load_checkpoint(ckpt_path)
-        device = torch.device("cpu")
-        reader = open_reader(cfg)
-        provider = build_provider(cfg, reader, device)
-        model = build_model(cfg.model, cfg.data.num_classes, provider.channels)
-        load_model_state(model, ckpt.get("teacher", ckpt["model"]), str(ckpt_path))
-        model.eval()
-        loader = DataLoader(build_val_dataset(cfg, reader), batch_size=cfg.eval.batch_size, shuffle=False,
-                            collate_fn=collate)
+        key = "teacher" if "teacher" in ckpt else "model"
+        run = eval_setup(cfg, ckpt[key], f"{ckpt_path} [{key}]")
         labelers = {r: dataclasses.replace(PseudoLabeler.from_config(cfg.semi), mask_score_power=r[0],
                                            score_threshold=r[1]) for r in rules}  # fmt: skip
         views = ["rgb"] + (["depth"] if cfg.semi.enabled and cfg.semi.depth_pseudo_labels else [])
         totals = {(v, r): dict(kept=0, right=0, on_object=0, instances=0, recalled=0) for v in views for r in rules}
-        for batch in loader:
-            provider.fill(batch)
+        for batch in run.loader:
+            batch = batch.to(run.device)
+            run.provider.fill(batch)
             size = tuple(batch.images.shape[-2:])
             for view in views:
                 images = batch.images if view == "rgb" else render_depth_view(batch.depth, batch.valid,
                                                                               colormap=cfg.semi.depth_view)
-                out = model(images, batch.features if provider.channels else None, ~batch.valid)
+                out = run.model(images, batch.features if run.provider.channels else None, ~batch.valid)
                 for r, label in labelers.items():
                     c = pseudo_label_counts(label(out, size, batch.valid), batch.targets)
                     totals[(view, r)] = {k: totals[(view, r)][k] + c[k] for k in c}

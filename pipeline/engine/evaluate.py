@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
-from torch.utils.data import DataLoader
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
 
 from pipeline.config import Config
 from pipeline.engine.checkpoint import load_checkpoint, load_model_state, resolve_checkpoint
-from pipeline.engine.depth_source import build_provider, open_reader
+from pipeline.engine.depth_source import DepthProvider, build_provider, open_reader
 from pipeline.engine.distributed import pick_device
 from pipeline.engine.inference import predict_loader
 
@@ -58,10 +61,21 @@ def evaluate_checkpoint(cfg: Config, checkpoint: str | Path, out_dir: str | Path
     return metrics
 
 
-def _evaluate_weights(cfg: Config, state: dict, source: str) -> tuple[dict, list]:
+@dataclass
+class EvalSetup:
+    """A model with given weights, in eval mode, and what it needs to read the val split."""
+
+    model: nn.Module
+    provider: DepthProvider
+    device: torch.device
+    val_ds: Dataset
+    loader: DataLoader
+
+
+def eval_setup(cfg: Config, state: dict, source: str) -> EvalSetup:
+    """Build the config's model with `state` (from `source`, named in errors) and the val split's loader."""
     from pipeline.data.collate import collate
     from pipeline.data.dataset import build_val_dataset
-    from pipeline.evaluation import Evaluator
     from pipeline.model.build import build_model
 
     device = pick_device(cfg.train.device)
@@ -73,8 +87,15 @@ def _evaluate_weights(cfg: Config, state: dict, source: str) -> tuple[dict, list
     val_ds = build_val_dataset(cfg, reader)
     loader = DataLoader(val_ds, batch_size=cfg.eval.batch_size, shuffle=False,
                         num_workers=cfg.data.num_workers, collate_fn=collate)
-    preds = predict_loader(model, loader, device, provider, cfg.eval, bool(provider.channels))
-    evaluator = Evaluator(val_ds.coco, max_detections=cfg.eval.max_detections)
+    return EvalSetup(model, provider, device, val_ds, loader)
+
+
+def _evaluate_weights(cfg: Config, state: dict, source: str) -> tuple[dict, list]:
+    from pipeline.evaluation import Evaluator
+
+    run = eval_setup(cfg, state, source)
+    preds = predict_loader(run.model, run.loader, run.device, run.provider, cfg.eval, bool(run.provider.channels))
+    evaluator = Evaluator(run.val_ds.coco, max_detections=cfg.eval.max_detections)
     for image_id, pred in preds:
         evaluator.process([image_id], [pred])
     return evaluator.evaluate(), evaluator.results
