@@ -79,12 +79,18 @@ teacher_of() {  # teacher_of RUN: the stage-B overrides that start from RUN's st
   echo "semi.teacher_checkpoint=$OUT/$1/model_$(printf %07d "$TEACHER_ITERS").pth train.max_iter=$STUDENT_ITERS"
 }
 
+full_method() {  # full_method PCT: the two-view teacher (stage A), then stage B from it
+  local p=$1
+  local split; split=$(split_of "$p")
+    run "A_2view_$p" $split semi.teacher_iters=$TEACHER_ITERS train.max_iter=$TEACHER_ITERS $A_EVAL
+    run "B_full_$p" $split $(teacher_of "A_2view_$p") $B_EVAL
+}
+
 table() {  # table PCT: the table's rows for one label percentage, on two parallel queues
   local p=$1
   local split; split=$(split_of "$p")
   (
-    run "A_2view_$p" $split semi.teacher_iters=$TEACHER_ITERS train.max_iter=$TEACHER_ITERS $A_EVAL
-    run "B_full_$p" $split $(teacher_of "A_2view_$p") $B_EVAL
+    full_method "$p"
     run "B_full_${p}_seed1" $split $(teacher_of "A_2view_$p") $B_EVAL train.seed=1
   ) &
   (
@@ -101,8 +107,7 @@ targets() {  # targets PCT: the full method and supervised + Depth Fusion at two
   local p=$1
   local split; split=$(split_of "$p")
   (
-    run "A_2view_$p" $split semi.teacher_iters=$TEACHER_ITERS train.max_iter=$TEACHER_ITERS $A_EVAL
-    run "B_full_$p" $split $(teacher_of "A_2view_$p") $B_EVAL
+    full_method "$p"
   ) &
   (
     run "sup_df_$p" $split semi.enabled=false train.max_iter=$SUP_ITERS $SUP_EVAL
