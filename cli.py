@@ -14,14 +14,16 @@ from pathlib import Path
 
 import click
 
-CONFIG_HELP = "YAML config (see configs/); later `a.b.c=value` arguments override it."
+CONFIG_HELP = ("YAML config file, or the name of a shipped config (demo, coco_5pct, ...; `dgseg config list`); "
+               "later `a.b.c=value` arguments override it.")
+CONFIG_OPTION = click.option("--config", metavar="FILE|NAME", help=CONFIG_HELP)
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors that describe bad input (files, caches, checkpoints, configs): shown without a traceback."""
-    from depth_cache.store import CacheError
-    from pipeline.engine.checkpoint import CheckpointError
-    from pipeline.engine.context import NonFiniteLoss
+    from dgseg.depth_cache.store import CacheError
+    from dgseg.pipeline.engine.checkpoint import CheckpointError
+    from dgseg.pipeline.engine.context import NonFiniteLoss
 
     return (CacheError, CheckpointError, NonFiniteLoss, FileNotFoundError, KeyError, ValueError)
 
@@ -33,7 +35,7 @@ def _message(err: BaseException) -> str:
 
 def _resolve(config: str | None, overrides: tuple[str, ...]):
     """The config with the source of every key; its warnings (schedule traps) are printed to stderr."""
-    from pipeline.config_io import ConfigError, resolve_config
+    from dgseg.pipeline.config.loading import ConfigError, resolve_config
 
     try:
         resolved = resolve_config(config, overrides)
@@ -49,6 +51,7 @@ def _load(config: str | None, overrides: tuple[str, ...]):
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="dgseg", prog_name="dgseg")
 def main() -> None:
     """Depth-guided semi-supervised instance segmentation (two stages: precompute depth, then train)."""
 
@@ -75,7 +78,7 @@ def main() -> None:
 def make_synthetic(out_dir: str, num_train: int, num_val: int, size: int, seed: int, preset: str, layout, objects,
                    object_size, classes, distractors, min_area) -> None:
     """Generate an RGB-D dataset: colour-ambiguous, depth-separable instances, COCO JSON + 16-bit depth."""
-    from pipeline.data.synthetic import generate_dataset, parse_range, scene_spec
+    from dgseg.pipeline.data.synthetic import generate_dataset, parse_range, scene_spec
 
     spec = scene_spec(
         preset,
@@ -98,7 +101,7 @@ def make_synthetic(out_dir: str, num_train: int, num_val: int, size: int, seed: 
 @click.option("--unlabeled-includes-labeled", is_flag=True, help="Keep the labelled images in the unlabelled list.")
 def make_splits(ann: str, out_dir: str, percents: str, seeds: str, unlabeled_includes_labeled: bool) -> None:
     """Write labelled COCO JSONs and unlabelled image lists per percent and seed (deterministic)."""
-    from pipeline.data.splits import make_splits as run
+    from dgseg.pipeline.data.splits import make_splits as run
 
     try:
         written = run(
@@ -123,7 +126,7 @@ def remap_ids_cmd(jsons: tuple[str, ...], out_dir: str) -> None:
 
     The first file keeps its ids; a repeated id gets a new one above all ids, annotations follow, and
     id_map.json records what changed. Remap the full annotation files, then run make-splits on them."""
-    from pipeline.data.remap_ids import remap_ids
+    from dgseg.pipeline.data.remap_ids import remap_ids
 
     try:
         result = remap_ids([Path(p) for p in jsons], Path(out_dir))
@@ -140,7 +143,7 @@ def remap_ids_cmd(jsons: tuple[str, ...], out_dir: str) -> None:
 @click.option("--out", "out_json", required=True, type=click.Path(dir_okay=False))
 def convert_cityscapes(root: str, split: str, out_json: str) -> None:
     """Convert Cityscapes gtFine instance PNGs to COCO JSON (8 instance classes)."""
-    from pipeline.data.cityscapes import convert
+    from dgseg.pipeline.data.cityscapes import convert
 
     try:
         summary = convert(Path(root), split, Path(out_json))
@@ -168,7 +171,7 @@ def _stage_one_cfg(config: str | None, overrides: tuple[str, ...], estimator=Non
 
 
 @main.command("precompute-depth")
-@click.option("--config", type=click.Path(exists=True, dir_okay=False), help=CONFIG_HELP)
+@CONFIG_OPTION
 @click.option("--coco", "jsons", multiple=True, type=click.Path(exists=True, dir_okay=False),
               help="COCO JSON (or any {images: [...]} list) whose images to cover; repeatable.")
 @click.option("--split", "splits", multiple=True, type=click.Path(exists=True, dir_okay=False),
@@ -192,8 +195,8 @@ def precompute_depth(config, jsons, splits, image_dir, image_folder, estimator, 
     """Run the depth source once over the images into the shared cache (resumable; torchrun for N processes).
 
     Without --coco/--split/--image-folder it covers the config's labelled, unlabelled and val images."""
-    from depth_cache.images import merge_records, records_from_folder, records_from_json
-    from depth_cache.precompute import run_precompute
+    from dgseg.depth_cache.images import merge_records, records_from_folder, records_from_json
+    from dgseg.pipeline.precompute import config_records, precompute
 
     cfg = _stage_one_cfg(config, overrides, estimator=estimator, weights=weights, depth_dir=depth_dir,
                          depth_kind=depth_kind, root=root)  # fmt: skip
@@ -206,20 +209,8 @@ def precompute_depth(config, jsons, splits, image_dir, image_folder, estimator, 
             groups += [records_from_json(p, folder, links) for p in (*jsons, *splits)]
         if image_folder:
             groups.append(records_from_folder(image_folder, links))
-        if not groups:
-            data = cfg.data
-            pairs = [(data.train_json, data.image_dir), (data.unlabeled_list, data.image_dir),
-                     (data.val_json, data.val_image_dir)]  # fmt: skip
-            # a configured file that is missing is an error, not a skip: skipping it used to leave
-            # the cache without the training images and only `train` noticed
-            missing = [str(p) for p, _ in pairs if p and not Path(p).is_file()]
-            if missing:
-                raise ValueError(f"the config's data files do not exist: {', '.join(missing)} (make them first, "
-                                 "e.g. with make-synthetic/make-splits, or give --coco/--split/--image-folder)")
-            groups = [records_from_json(p, d, links) for p, d in pairs if p]
-        records = merge_records(groups)
-        result = run_precompute(records, cfg.depth.estimator, cfg.depth.cache, retry_failed=retry_failed,
-                                progress=not quiet)  # fmt: skip
+        records = merge_records(groups) if groups else config_records(cfg)
+        result = precompute(cfg, records, retry_failed=retry_failed, progress=not quiet)
     except (ValueError, OSError) as err:
         raise click.ClickException(str(err)) from err
     if result.lost_shards:
@@ -243,7 +234,6 @@ def _root(root: str | None, config: str | None) -> str:
 
 
 ROOT_OPTION = click.option("--root", help="Cache root (default: the config's depth.cache.root).")
-CONFIG_OPTION = click.option("--config", type=click.Path(exists=True, dir_okay=False), help=CONFIG_HELP)
 
 
 @cache_group.command("ls")
@@ -251,7 +241,7 @@ CONFIG_OPTION = click.option("--config", type=click.Path(exists=True, dir_okay=F
 @CONFIG_OPTION
 def cache_ls(root: str | None, config: str | None) -> None:
     """Caches under the root: key, estimator, images, levels, dtype, size."""
-    from depth_cache.catalog import list_summaries
+    from dgseg.depth_cache.catalog import list_summaries
 
     rows = list_summaries(_root(root, config))
     if not rows:
@@ -267,8 +257,8 @@ def cache_ls(root: str | None, config: str | None) -> None:
 @CONFIG_OPTION
 def cache_info_cmd(key: str, root: str | None, config: str | None) -> None:
     """Images, bytes per image per level, levels, dtype and estimator of one cache."""
-    from depth_cache.catalog import cache_info
-    from depth_cache.store import CacheError
+    from dgseg.depth_cache.catalog import cache_info
+    from dgseg.depth_cache.store import CacheError
 
     try:
         info = cache_info(_root(root, config), key)
@@ -298,8 +288,8 @@ def cache_info_cmd(key: str, root: str | None, config: str | None) -> None:
                    "Not while a precompute job writes this cache.")  # fmt: skip
 def cache_verify_cmd(key: str, root: str | None, config: str | None, quiet: bool, repair: bool) -> None:
     """Every finished entry readable, finite, of the right shape; per-shard checksums re-checked."""
-    from depth_cache.catalog import repair_cache, verify_cache
-    from depth_cache.store import CacheError
+    from dgseg.depth_cache.catalog import repair_cache, verify_cache
+    from dgseg.depth_cache.store import CacheError
 
     root = _root(root, config)
     try:
@@ -329,8 +319,8 @@ def cache_verify_cmd(key: str, root: str | None, config: str | None, quiet: bool
 @CONFIG_OPTION
 def cache_export_cmd(key: str, fmt: str, out: str, root: str | None, config: str | None) -> None:
     """Write a cache's finished entries to one portable HDF5 file."""
-    from depth_cache.export import export_hdf5
-    from depth_cache.store import CacheError
+    from dgseg.depth_cache.export import export_hdf5
+    from dgseg.depth_cache.store import CacheError
 
     try:
         summary = export_hdf5(_root(root, config), key, out)
@@ -345,7 +335,7 @@ def cache_export_cmd(key: str, fmt: str, out: str, root: str | None, config: str
 
 
 @main.command("train", context_settings={"ignore_unknown_options": False})
-@click.option("--config", type=click.Path(exists=True, dir_okay=False), help=CONFIG_HELP)
+@CONFIG_OPTION
 @click.option("--resume", is_flag=True, help="Continue from the run's last checkpoint (exactly).")
 @click.option("--overwrite", is_flag=True,
               help="The run folder holds an earlier run: delete its checkpoints and metrics and start afresh.")
@@ -354,14 +344,14 @@ def train_cmd(config: str | None, resume: bool, overwrite: bool, overrides: tupl
     """Train (supervised, or teacher-student when semi.enabled) reading depth from the cache.
 
     A run folder (train.output_dir) that already holds a run is refused unless --resume or --overwrite."""
-    from pipeline.engine.run_dir import prepare_run_dir
+    from dgseg.pipeline.engine.run_dir import prepare_run_dir
 
     cfg = _load(config, overrides)
     try:  # before anything imports torch, so a refusal is immediate
         prepare_run_dir(cfg.train.output_dir, resume, overwrite, is_main=int(os.environ.get("RANK", "0")) == 0)
     except ValueError as err:
         raise click.ClickException(str(err)) from err
-    from pipeline.train import train
+    from dgseg.pipeline.train import train
 
     try:
         metrics = train(cfg, resume=resume)
@@ -372,7 +362,7 @@ def train_cmd(config: str | None, resume: bool, overwrite: bool, overrides: tupl
 
 
 @main.command("evaluate")
-@click.option("--config", type=click.Path(exists=True, dir_okay=False), help=CONFIG_HELP)
+@CONFIG_OPTION
 @click.option("--checkpoint", required=True, type=click.Path(exists=True),
               help="Checkpoint file, or a run folder (its last checkpoint).")
 @click.option("--which", type=click.Choice(["auto", "model", "teacher", "student", "both"]), default="auto",
@@ -383,7 +373,7 @@ def train_cmd(config: str | None, resume: bool, overwrite: bool, overrides: tupl
 def evaluate_cmd(config: str | None, checkpoint: str, which: str, out_dir: str | None,
                  overrides: tuple[str, ...]) -> None:
     """COCO mask AP of a checkpoint on the val split (depth read from the cache)."""
-    from pipeline.engine.evaluate import evaluate_checkpoint
+    from dgseg.pipeline.engine.evaluate import evaluate_checkpoint
 
     cfg = _load(config, overrides)
     try:
@@ -393,7 +383,7 @@ def evaluate_cmd(config: str | None, checkpoint: str, which: str, out_dir: str |
 
 
 @main.command("predict")
-@click.option("--config", type=click.Path(exists=True, dir_okay=False), help=CONFIG_HELP)
+@CONFIG_OPTION
 @click.option("--checkpoint", required=True, type=click.Path(exists=True),
               help="Checkpoint file, or a run folder (its last checkpoint).")
 @click.option("--images", "inputs", required=True, multiple=True, type=click.Path(exists=True),
@@ -407,7 +397,7 @@ def predict_cmd(config: str | None, checkpoint: str, inputs: tuple[str, ...], ou
                 score_threshold: float, overrides: tuple[str, ...]) -> None:
     """Segment new images (running the depth source on them): masks drawn to PNG files, COCO results
     (the dataset's category ids, RLE) to results.json, per-image counts and notes to summary.json."""
-    from pipeline.engine.predict import predict_images
+    from dgseg.pipeline.engine.predict import predict_images
 
     cfg = _load(config, overrides)
     try:
@@ -432,15 +422,24 @@ def config_group() -> None:
     """Inspect configurations."""
 
 
+@config_group.command("list")
+def config_list_cmd() -> None:
+    """The shipped configs, by name (give one to --config, or copy it as a start for your own)."""
+    from dgseg.pipeline.config import config_path, shipped_configs
+
+    for name in shipped_configs():
+        click.echo(f"{name:20s} {config_path(name)}")
+
+
 @config_group.command("show")
-@click.option("--config", type=click.Path(exists=True, dir_okay=False), help=CONFIG_HELP)
+@CONFIG_OPTION
 @click.option("--changed", is_flag=True, help="Only the keys whose value differs from the default.")
 @click.argument("overrides", nargs=-1)
 def config_show_cmd(config: str | None, changed: bool, overrides: tuple[str, ...]) -> None:
     """The resolved config: every key with its value, default, source and meaning (* = not the default).
 
     Checks it as training would: a value out of range fails, schedule traps are warned about."""
-    from pipeline.config_show import format_config
+    from dgseg.pipeline.config.show import format_config
 
     resolved = _resolve(config, overrides)
     click.echo(format_config(resolved, changed_only=changed))
@@ -472,7 +471,7 @@ def bench_group() -> None:
 def bench_cache_cmd(images: int, input_size: int, reads: int, device: str, vits: bool, vitl: bool, batch_size: int,
                     compile_: bool, workers: int | None, work_dir: str | None, fingerprints: int | None) -> None:
     """Stage one: estimator alone vs precompute img/s, bytes per image per level, reader vs .npy img/s."""
-    from bench.bench_cache import run_bench, run_fingerprint_bench
+    from dgseg.bench.bench_cache import run_bench, run_fingerprint_bench
 
     if fingerprints is not None:
         run_fingerprint_bench(images=fingerprints, work_dir=work_dir)
@@ -489,7 +488,7 @@ def bench_cache_cmd(images: int, input_size: int, reads: int, device: str, vits:
 @click.option("--device", default="cpu", show_default=True)
 def bench_fusion_cmd(backbone: str, image_size: int, batch_size: int, steps: int, device: str) -> None:
     """Segmenter step time with Depth Fusion (precomputed features) / without depth."""
-    from bench.bench_fusion import run_bench
+    from dgseg.bench.bench_fusion import run_bench
 
     run_bench(backbone=backbone, image_size=image_size, batch_size=batch_size, steps=steps, device=device)
 
@@ -512,7 +511,7 @@ def bench_step_cmd(steps: int, image_size: int, batch_size: int, estimator: str,
                    teacher_iters: int, backbone: str) -> None:
     """Training-step time with cached depth, online depth and no depth (the real loop), as ratios;
     with --semi, the breakdown of a teacher-student stage-B step."""
-    from bench.bench_step import run_bench, run_semi_bench
+    from dgseg.bench.bench_step import run_bench, run_semi_bench
 
     kw = dict(steps=steps, image_size=image_size, batch_size=batch_size, estimator=estimator, weights=weights,
               input_size=input_size, device=device, work_dir=work_dir, workers=workers, backbone=backbone)
@@ -523,7 +522,7 @@ def bench_step_cmd(steps: int, image_size: int, batch_size: int, estimator: str,
 
 
 @bench_group.command("anchor", context_settings={"ignore_unknown_options": False})
-@click.option("--config", type=click.Path(exists=True, dir_okay=False), help=CONFIG_HELP)
+@CONFIG_OPTION
 @click.option("--iters", type=int, help="Training iterations of every run (default: the config's train.max_iter).")
 @click.option("--batch-size", type=int, help="Images per step of every run (default: the config's train.batch_size).")
 @click.option("--modes", default="rgb,depth,rgbd", show_default=True,
@@ -548,7 +547,7 @@ def bench_anchor_cmd(config: str | None, iters: int | None, batch_size: int | No
                      norm: str, equal_time: str | None, probe_iters: int, time_tolerance: float, device: str,
                      out_dir: str, overrides: tuple[str, ...]) -> None:
     """Mask R-CNN anchor (RGB, depth, RGB + depth) beside the project's model: mask AP and wall time, one table."""
-    from bench.bench_anchor import parse_modes, run_bench
+    from dgseg.bench.bench_anchor import parse_modes, run_bench
 
     cfg = _load(config, overrides)
     try:

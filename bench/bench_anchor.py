@@ -31,11 +31,10 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-
-from pipeline.baselines.adapter import needs_depth
-from pipeline.baselines.maskrcnn import check_mode
-from pipeline.config import Config
-from pipeline.engine.distributed import pick_device
+from dgseg.pipeline.baselines.adapter import needs_depth
+from dgseg.pipeline.baselines.maskrcnn import check_mode
+from dgseg.pipeline.config import Config
+from dgseg.pipeline.engine.distributed import pick_device
 
 MODE_LABELS = {"rgb": "Mask R-CNN R18-FPN, RGB", "depth": "Mask R-CNN R18-FPN, depth",
                "rgbd": "Mask R-CNN R18-FPN, RGB + depth (4 ch)"}  # fmt: skip
@@ -67,7 +66,7 @@ PROBE_WARMUP = 3  # the probe's first steps (allocation, loader start) are left 
 def probe_seconds_per_iter(cfg: Config, iters: int, out_dir: Path) -> tuple[float, float]:
     """(seconds per training iteration after the first PROBE_WARMUP, wall seconds of the probe) of a short run
     of the project's real trainer on `cfg`; `iters` must exceed PROBE_WARMUP."""
-    from pipeline.train import train
+    from dgseg.pipeline.train import train
 
     if iters <= PROBE_WARMUP:
         raise ValueError(f"bench anchor: the probe needs more than {PROBE_WARMUP} iterations (got {iters})")
@@ -101,9 +100,9 @@ def rerun_iters(budget_s: float, iters: int, train_s: float, tolerance: float) -
 
 def run_project(cfg: Config) -> dict:
     """Train the project's model on `cfg` (supervised) and return its row."""
-    from pipeline.engine.trainer import final_eval_dir
-    from pipeline.evaluation import save_metrics
-    from pipeline.train import train
+    from dgseg.pipeline.engine.trainer import final_eval_dir
+    from dgseg.pipeline.evaluation import save_metrics
+    from dgseg.pipeline.train import train
 
     t0 = time.perf_counter()
     metrics = train(cfg)
@@ -122,7 +121,7 @@ def run_project(cfg: Config) -> dict:
 
 def run_anchor(cfg: Config, mode: str, reader, iters: int, batch_size: int, device: torch.device, out_dir: Path,
                norm: str) -> dict:  # fmt: skip
-    from pipeline.baselines.loop import train_anchor
+    from dgseg.pipeline.baselines.loop import train_anchor
 
     t0 = time.perf_counter()
     run = train_anchor(cfg, mode, reader if needs_depth(mode) else None, iters, batch_size, device, out_dir, norm)
@@ -138,8 +137,8 @@ def mask_and_class(val_json: str | Path, results_json: Path) -> dict:
     """A run's val predictions, masks apart from classes: class-agnostic mask AP, the share of instances
     found (a prediction of any class at mask IoU >= 0.5) and, of those, the share whose best-scored
     prediction has the right class."""
-    from pipeline.evaluation.class_hits import instance_class_hits
-    from pipeline.evaluation.coco_eval import evaluate_segm, load_coco_gt
+    from dgseg.pipeline.evaluation.class_hits import instance_class_hits
+    from dgseg.pipeline.evaluation.coco_eval import evaluate_segm, load_coco_gt
 
     gt = load_coco_gt(val_json)
     results = json.loads(results_json.read_text())
@@ -196,7 +195,7 @@ def run_bench(cfg: Config, iters: Optional[int] = None, batch_size: Optional[int
     dev = pick_device(device)
     reader = None
     if any(needs_depth(m) for m in modes):
-        from depth_cache.reader import open_cache
+        from dgseg.depth_cache.reader import open_cache
 
         reader = open_cache(cfg.depth.cache.root, cfg.depth.estimator, cfg.depth.cache)
     rows: list[dict] = []

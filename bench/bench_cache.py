@@ -29,16 +29,15 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from dgseg.depth_cache.catalog import cache_info
+from dgseg.depth_cache.config import CacheConfig
+from dgseg.depth_cache.estimators.base import DepthEstimator, DepthOutput, FeatureInfo, Preprocess
+from dgseg.depth_cache.images import ImageRecord
+from dgseg.depth_cache.precompute import precompute
+from dgseg.depth_cache.reader import CacheReader
+from dgseg.depth_cache.runner import make_runner
 from PIL import Image
 from torch import nn
-
-from depth_cache.catalog import cache_info
-from depth_cache.config import CacheConfig
-from depth_cache.estimators.base import DepthEstimator, DepthOutput, FeatureInfo, Preprocess
-from depth_cache.images import ImageRecord
-from depth_cache.precompute import precompute
-from depth_cache.reader import CacheReader
-from depth_cache.runner import make_runner
 
 VITS_CHANNELS = 64
 
@@ -91,7 +90,7 @@ def estimator_rate(source, frame: tuple[int, int], device: str, batch_size: int 
                    compile: bool = False) -> float:  # fmt: skip
     """Images/s of the estimator alone: its forward (the runner's precision, channels-last, compiled or
     not) on a ready normalised batch already on the device, nothing else."""
-    from depth_cache.runner import run_network
+    from dgseg.depth_cache.runner import run_network
 
     runner = make_runner(source, 4, source.preprocess.input_size, device=device, precision="auto",
                          batch_size=batch_size, compile=compile)  # fmt: skip
@@ -110,8 +109,8 @@ def estimator_rate(source, frame: tuple[int, int], device: str, batch_size: int 
 
 def decode_gap(records: list[ImageRecord], device: str, limit: int = 64) -> dict[str, float]:
     """torchvision's JPEG decode on `device` (batched, as precompute does) against PIL: pixel differences."""
-    from depth_cache.decode import decode_batch, load_image
-    from depth_cache.images import decode_image
+    from dgseg.depth_cache.decode import decode_batch, load_image
+    from dgseg.depth_cache.images import decode_image
 
     recs = records[:limit]
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else device.replace("auto", "cpu"))
@@ -137,7 +136,7 @@ def _throughput(figures: dict, key: str, source, records, root: Path, levels, de
 
 def _frame(source) -> tuple[int, int]:
     """The network input of a 480x640 image (4:3) for this estimator."""
-    from depth_cache.estimators.preprocess import target_size
+    from dgseg.depth_cache.estimators.preprocess import target_size
 
     return target_size(480, 640, source.preprocess.input_size, source.preprocess.multiple_of)
 
@@ -194,11 +193,11 @@ def run_bench(images: int = 256, input_size: int = 126, reads: int = 512, device
               work_dir: str | None = None, vitl: bool = False, batch_size: int = 8, compile: bool = False,
               workers: int | None = None) -> dict:  # fmt: skip
     """Run every part and print one table; returns the figures."""
-    from depth_cache.decode import default_workers
-    from depth_cache.estimators.depth_anything_v2 import build_depth_anything_v2, build_tiny
+    from dgseg.depth_cache.decode import default_workers
+    from dgseg.depth_cache.estimators.depth_anything_v2 import build_depth_anything_v2, build_tiny
 
     torch.manual_seed(0)
-    from depth_cache.runner import resolve_device
+    from dgseg.depth_cache.runner import resolve_device
 
     workers = default_workers(resolve_device(device)) if workers is None else workers
     if device == "cpu":  # as run_precompute does: leave the decoding workers their cores
@@ -304,7 +303,7 @@ def run_fingerprint_bench(images: int = 100_000, hashed: int = 2_000, file_kb: i
       image), scaled to `images`; the files were just written, so they are in the page cache (a cold
       disk adds its read time: 48 KiB per image).
     """
-    from depth_cache.fingerprint import check_files, fingerprint
+    from dgseg.depth_cache.fingerprint import check_files, fingerprint
 
     tmp = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="bench_fp_"))
     rng = np.random.default_rng(0)

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 
 def _maps(estimator, images: torch.Tensor) -> dict[str, torch.Tensor]:
-    from depth_cache.online import OnlineDepth
+    from dgseg.depth_cache.online import OnlineDepth
 
     entries = OnlineDepth(estimator, depth_stride=1, precision="fp32")(images)
     return {"depth": torch.stack([e.depth for e in entries]),
@@ -52,7 +52,7 @@ def fixture_vits(input_size: int = 518):
     import re
     import zlib
 
-    from depth_cache.estimators.depth_anything_v2 import build_depth_anything_v2
+    from dgseg.depth_cache.estimators.depth_anything_v2 import build_depth_anything_v2
 
     manifest = Path(__file__).resolve().parents[2] / "shared/fixtures/depth_anything_v2_vits/state_dict_manifest.json"
     if not manifest.is_file():
@@ -69,9 +69,9 @@ def fixture_vits(input_size: int = 518):
 
 
 def main(argv: list[str] | None = None) -> None:
-    from depth_cache.estimators.depth_anything_v2 import build_depth_anything_v2, build_tiny
-    from pipeline.data.dataset import read_image
-    from pipeline.data.synthetic import generate_dataset
+    from dgseg.depth_cache.estimators.depth_anything_v2 import build_depth_anything_v2, build_tiny
+    from dgseg.pipeline.data.dataset import read_image
+    from dgseg.pipeline.data.synthetic import generate_dataset
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--images", type=int, default=4)

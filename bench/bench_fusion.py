@@ -16,9 +16,8 @@ import time
 from typing import Optional
 
 import torch
-
-from pipeline.config import ModelConfig
-from pipeline.model.build import build_criterion, build_model
+from dgseg.pipeline.config import ModelConfig
+from dgseg.pipeline.model.build import build_criterion, build_model
 
 
 def _targets(batch: int, size: int, num_classes: int, device: torch.device, seed: int = 0) -> list[dict]:

@@ -20,11 +20,10 @@ import statistics
 import time
 
 import torch
+from dgseg.pipeline.model.matcher import HungarianMatcher
+from dgseg.pipeline.semi.agreement import batch_count_matches, count_matches
+from dgseg.pipeline.semi.pseudo_labels import make_pseudo_labels, per_image_pseudo_labels
 from scipy.optimize import linear_sum_assignment
-
-from pipeline.model.matcher import HungarianMatcher
-from pipeline.semi.agreement import batch_count_matches, count_matches
-from pipeline.semi.pseudo_labels import make_pseudo_labels, per_image_pseudo_labels
 
 
 def teacher_outputs(b: int, q: int, k: int, size: int, instances: int, device, seed: int = 0) -> dict:

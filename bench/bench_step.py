@@ -59,8 +59,8 @@ def _parts_per_step(run_dir: Path, start: int) -> dict[str, float]:
 def _setup(root: Path, image_size: int, batch_size: int, estimator: str, weights: str | None, input_size: int,
            device: str, workers: int, steps: int, backbone: str = "resnet18") -> list[str]:  # fmt: skip
     """Generated data, splits and config overrides shared by both modes."""
-    from pipeline.data.splits import make_splits
-    from pipeline.data.synthetic import generate_dataset
+    from dgseg.pipeline.data.splits import make_splits
+    from dgseg.pipeline.data.synthetic import generate_dataset
 
     if not (root / "annotations/train.json").is_file():
         generate_dataset(root, num_train=64, num_val=8, size=image_size, seed=0)
@@ -84,9 +84,9 @@ def _setup(root: Path, image_size: int, batch_size: int, estimator: str, weights
 
 
 def _precompute(base: list[str], extra_lists: list[str] = ()) -> None:
-    from depth_cache.images import merge_records, records_from_json
-    from depth_cache.precompute import run_precompute
-    from pipeline.config_io import load_config
+    from dgseg.depth_cache.images import merge_records, records_from_json
+    from dgseg.depth_cache.precompute import run_precompute
+    from dgseg.pipeline.config.loading import load_config
 
     cfg = load_config(None, base)
     groups = [records_from_json(Path(cfg.data.train_json), Path(cfg.data.image_dir)),
@@ -99,8 +99,8 @@ def run_bench(steps: int = 20, warmup: int = 3, image_size: int = 128, batch_siz
               estimator: str = "tiny", weights: str | None = None, input_size: int = 126,
               device: str = "auto", work_dir: str | None = None, workers: int = 2,
               backbone: str = "resnet18") -> dict[str, float]:  # fmt: skip
-    from pipeline.config_io import load_config
-    from pipeline.engine.trainer import train_supervised
+    from dgseg.pipeline.config.loading import load_config
+    from dgseg.pipeline.engine.trainer import train_supervised
 
     root = Path(work_dir or tempfile.mkdtemp(prefix="bench_step_"))
     base = _setup(root, image_size, batch_size, estimator, weights, input_size, device, workers, warmup + steps,
@@ -135,8 +135,8 @@ def run_semi_bench(steps: int = 10, warmup: int = 3, image_size: int = 128, batc
 
     The teacher trains `teacher_iters` steps first: a barely trained one finds few pseudo-labels
     (the printed count says how busy the pseudo-label and matching parts were)."""
-    from pipeline.config_io import load_config
-    from pipeline.semi.trainer import train_semi
+    from dgseg.pipeline.config.loading import load_config
+    from dgseg.pipeline.semi.trainer import train_semi
 
     root = Path(work_dir or tempfile.mkdtemp(prefix="bench_step_"))
     base = _setup(root, image_size, batch_size, estimator, weights, input_size, device, workers,

@@ -12,12 +12,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from dgseg.depth_cache.entry import dequantise_int8
+from dgseg.depth_cache.geometry import Geometry
+from dgseg.depth_cache.reader import CacheReader, list_caches
+from dgseg.depth_cache.store import FLIP_SUFFIX, REPORT_FILE, CacheStore, array_path, checksum, flip_name, is_flip_name
 from tqdm import tqdm
-
-from depth_cache.entry import dequantise_int8
-from depth_cache.geometry import Geometry
-from depth_cache.reader import CacheReader, list_caches
-from depth_cache.store import FLIP_SUFFIX, REPORT_FILE, CacheStore, array_path, checksum, flip_name, is_flip_name
 
 
 def _du(store: CacheStore, sub: str = "") -> int:
@@ -132,7 +131,7 @@ def verify_cache(root: str, key: str, progress: bool = True) -> VerifyResult:
 def repair_cache(root: str, key: str, shards: list[int]) -> dict[str, Any]:
     """Drop `shards` (their done markers, index entries and files), so that the next precompute-depth
     recomputes their images; returns the new report. Run it while no precompute job writes the cache."""
-    from depth_cache.precompute import write_report
+    from dgseg.depth_cache.precompute import write_report
 
     store = CacheStore(root, key)
     store.manifest()  # a missing cache is an error before anything is deleted

@@ -32,7 +32,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from depth_cache.store import MARKER_DIR, CacheStore, create_exclusive
+from dgseg.depth_cache.store import MARKER_DIR, CacheStore, create_exclusive
 
 CLAIM_DIR = "claims"
 

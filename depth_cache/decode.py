@@ -27,9 +27,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from dgseg.depth_cache.images import decode_image, to_rgb_array
 from PIL import Image
-
-from depth_cache.images import decode_image, to_rgb_array
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 DECODERS = ("torchvision", "pil")

@@ -13,8 +13,7 @@ from typing import Optional
 import numpy as np
 import torch
 import torch.nn.functional as F
-
-from depth_cache.geometry import grid_for_stride
+from dgseg.depth_cache.geometry import grid_for_stride
 
 
 @dataclass

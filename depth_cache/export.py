@@ -17,10 +17,9 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+from dgseg.depth_cache.geometry import Geometry
+from dgseg.depth_cache.store import CacheStore, array_path
 from tqdm import tqdm
-
-from depth_cache.geometry import Geometry
-from depth_cache.store import CacheStore, array_path
 
 
 def export_hdf5(root: str, key: str, out: str | Path, progress: bool = True) -> dict:

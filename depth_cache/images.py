@@ -22,9 +22,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from dgseg.depth_cache.fingerprint import fingerprint
 from PIL import Image, ImageOps
-
-from depth_cache.fingerprint import fingerprint
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 

@@ -17,7 +17,7 @@ import os
 from functools import lru_cache
 from typing import Any
 
-from depth_cache.config import CacheConfig, EstimatorConfig
+from dgseg.depth_cache.config import CacheConfig, EstimatorConfig
 
 # Bump when the stored layout or any stored value's definition changes.
 FORMAT_VERSION = 1
@@ -53,7 +53,7 @@ def _estimator_fields(cfg: EstimatorConfig) -> dict[str, Any]:
             )
         return {"weights_sha256": file_sha256(cfg.weights)}
     if name == "tiny":
-        from depth_cache.estimators.depth_anything_v2 import tiny_fingerprint
+        from dgseg.depth_cache.estimators.depth_anything_v2 import tiny_fingerprint
 
         return {"weights": tiny_fingerprint(cfg.seed)}
     if name == "files":

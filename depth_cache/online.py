@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-
-from depth_cache.entry import CacheEntry, normalise_depth, pool_to_stride
-from depth_cache.estimators.base import DepthEstimator
-from depth_cache.runner import prepare_images, resolve_precision, run_network
+from dgseg.depth_cache.entry import CacheEntry, normalise_depth, pool_to_stride
+from dgseg.depth_cache.estimators.base import DepthEstimator
+from dgseg.depth_cache.runner import prepare_images, resolve_precision, run_network
 
 
 class OnlineDepth:
@@ -31,7 +30,7 @@ class OnlineDepth:
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, valid: torch.Tensor | None = None) -> list[CacheEntry]:
-        from depth_cache.estimators.preprocess import target_size
+        from dgseg.depth_cache.estimators.preprocess import target_size
 
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"expected images (B, 3, H, W), got {tuple(images.shape)}")

@@ -30,17 +30,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
-
-from depth_cache.claims import ClaimingSampler, ShardClaims
-from depth_cache.config import CacheConfig, EstimatorConfig
-from depth_cache.decode import default_workers
-from depth_cache.entry import quantise_int8
-from depth_cache.fingerprint import check_cached_ids, check_stems
-from depth_cache.geometry import Canvas, Geometry, fit_frame, make_canvas
-from depth_cache.images import ImageRecord, LoadDataset
-from depth_cache.key import CANVAS_ASPECT, cache_key, diff_fields, key_fields
-from depth_cache.store import (
+from dgseg.depth_cache.claims import ClaimingSampler, ShardClaims
+from dgseg.depth_cache.config import CacheConfig, EstimatorConfig
+from dgseg.depth_cache.decode import default_workers
+from dgseg.depth_cache.entry import quantise_int8
+from dgseg.depth_cache.fingerprint import check_cached_ids, check_stems
+from dgseg.depth_cache.geometry import Canvas, Geometry, fit_frame, make_canvas
+from dgseg.depth_cache.images import ImageRecord, LoadDataset
+from dgseg.depth_cache.key import CANVAS_ASPECT, cache_key, diff_fields, key_fields
+from dgseg.depth_cache.store import (
     FLIP_SUFFIX,
     REPORT_FILE,
     CacheError,
@@ -50,6 +48,7 @@ from depth_cache.store import (
     create_exclusive,
     flip_name,
 )
+from tqdm import tqdm
 
 FP16_MAX = 65504.0
 
@@ -446,8 +445,8 @@ def write_report(store: CacheStore) -> dict[str, Any]:
 def run_precompute(records: list[ImageRecord], estimator_cfg: EstimatorConfig, cache_cfg: CacheConfig, *,
                    retry_failed: bool = False, progress: bool = True) -> PrecomputeResult:  # fmt: skip
     """Build the configured source and run the job (multi-process under torchrun)."""
-    from depth_cache.estimators import build_source
-    from depth_cache.runner import make_runner
+    from dgseg.depth_cache.estimators import build_source
+    from dgseg.depth_cache.runner import make_runner
 
     dist = dist_from_env()
     fields = key_fields(estimator_cfg, cache_cfg)  # fails on a missing weights file before any work

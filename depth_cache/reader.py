@@ -13,13 +13,12 @@ from typing import Any
 
 import numpy as np
 import torch
-
-from depth_cache.chunks import ShardChunkReader, fast_layout
-from depth_cache.config import CacheConfig, EstimatorConfig
-from depth_cache.entry import CacheEntry, dequantise_int8
-from depth_cache.geometry import Geometry
-from depth_cache.key import cache_key, diff_fields, key_fields
-from depth_cache.store import FLIP_SUFFIX, CacheError, CacheStore, array_path, is_flip_name, split_root
+from dgseg.depth_cache.chunks import ShardChunkReader, fast_layout
+from dgseg.depth_cache.config import CacheConfig, EstimatorConfig
+from dgseg.depth_cache.entry import CacheEntry, dequantise_int8
+from dgseg.depth_cache.geometry import Geometry
+from dgseg.depth_cache.key import cache_key, diff_fields, key_fields
+from dgseg.depth_cache.store import FLIP_SUFFIX, CacheError, CacheStore, array_path, is_flip_name, split_root
 
 
 class MissingEntryError(KeyError):
@@ -145,7 +144,7 @@ class CacheReader:
     def check_sources(self, files: dict[str, str]) -> tuple[list[str], int]:
         """For {image id: file} of finished entries: one problem per file that is not the one its entry was
         computed from (naming both files), and how many entries have no recorded fingerprint."""
-        from depth_cache.fingerprint import check_files
+        from dgseg.depth_cache.fingerprint import check_files
 
         return check_files(files, self._open()["sources"])
 

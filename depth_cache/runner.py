@@ -22,13 +22,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-
-from depth_cache.decode import EncodedImage, decode_batch, load_image
-from depth_cache.entry import normalise_depth, pool_to_stride
-from depth_cache.estimators.base import DepthEstimator
-from depth_cache.estimators.files import FilesDepth
-from depth_cache.geometry import grid_for_stride
-from depth_cache.images import ImageRecord, image_size
+from dgseg.depth_cache.decode import EncodedImage, decode_batch, load_image
+from dgseg.depth_cache.entry import normalise_depth, pool_to_stride
+from dgseg.depth_cache.estimators.base import DepthEstimator
+from dgseg.depth_cache.estimators.files import FilesDepth
+from dgseg.depth_cache.geometry import grid_for_stride
+from dgseg.depth_cache.images import ImageRecord, image_size
 
 Maps = dict[str, torch.Tensor]
 
@@ -61,7 +60,7 @@ def run_network(estimator: Callable, x: torch.Tensor, dtype: torch.dtype) -> tup
 def prepare_images(images: torch.Tensor, frame: tuple[int, int], estimator: DepthEstimator) -> torch.Tensor:
     """(B, 3, H, W) uint8 or [0, 1] float -> (B, 3, *frame) normalised network input (bicubic on floats,
     as the official preprocessing; see estimators/preprocess.py)."""
-    from depth_cache.estimators.preprocess import prepare_batch
+    from dgseg.depth_cache.estimators.preprocess import prepare_batch
 
     return prepare_batch(images, frame, estimator.preprocess)
 
@@ -117,7 +116,7 @@ class NetworkRunner:
                 "decoder": self.decoder, "compiled": self.compiled}  # fmt: skip
 
     def natural_frame(self, size: tuple[int, int]) -> tuple[int, int]:
-        from depth_cache.estimators.preprocess import target_size
+        from dgseg.depth_cache.estimators.preprocess import target_size
 
         return target_size(size[0], size[1], self.short_side, self.multiple_of)
 

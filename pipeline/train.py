@@ -7,9 +7,9 @@ so neither imports the other.
 
 from __future__ import annotations
 
-from pipeline.config import Config
-from pipeline.engine.trainer import train_supervised
-from pipeline.semi.trainer import train_semi
+from dgseg.pipeline.config import Config
+from dgseg.pipeline.engine.trainer import train_supervised
+from dgseg.pipeline.semi.trainer import train_semi
 
 
 def train(cfg: Config, resume: bool = False) -> dict:

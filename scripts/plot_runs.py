@@ -10,8 +10,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from pipeline.evaluation.pil_plot import Panel, render_panels
-from pipeline.evaluation.visualize import read_log
+from dgseg.pipeline.evaluation.pil_plot import Panel, render_panels
+from dgseg.pipeline.evaluation.visualize import read_log
 
 
 def main(argv: list[str]) -> None:

@@ -22,13 +22,12 @@ import tempfile
 from pathlib import Path
 
 import torch
-
-from pipeline.config_io import load_config
-from pipeline.engine.checkpoint import load_checkpoint, resolve_checkpoint
-from pipeline.engine.evaluate import eval_setup
-from pipeline.semi.depth_view import render_depth_view
-from pipeline.semi.pseudo_label_quality import pseudo_label_counts, summarise
-from pipeline.semi.pseudo_labels import PseudoLabeler
+from dgseg.pipeline.config.loading import load_config
+from dgseg.pipeline.engine.checkpoint import load_checkpoint, resolve_checkpoint
+from dgseg.pipeline.engine.evaluate import eval_setup
+from dgseg.pipeline.semi.depth_view import render_depth_view
+from dgseg.pipeline.semi.pseudo_label_quality import pseudo_label_counts, summarise
+from dgseg.pipeline.semi.pseudo_labels import PseudoLabeler
 
 DEFAULT_RULES = ["0:0.7", "0:0.3", "0:0.8", "8:0.1", "8:0.2", "8:0.3"]
 

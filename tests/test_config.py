@@ -3,9 +3,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from pipeline.config import Config
-from pipeline.config_io import ConfigError, load_config
+from dgseg.pipeline.config import Config
+from dgseg.pipeline.config.loading import ConfigError, load_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -98,7 +97,7 @@ def _is_numeric(tp) -> bool:
 def test_every_field_has_a_meaning_and_every_number_a_range():
     """New fields must say what they mean (`config show` prints it) and, if numeric, their valid range:
     declare them with `pipeline.config.setting(default, help=..., range=...)` (see that module)."""
-    from pipeline.config_check import Interval
+    from dgseg.pipeline.config.checks import Interval
 
     missing_help, missing_range = [], []
     for key, tp, f in _leaf_fields(Config):
@@ -182,7 +181,7 @@ def test_fields_that_contradict_each_other_are_refused(overrides, match):
 def _warnings_of(path, overrides) -> list[str]:
     import warnings
 
-    from pipeline.config_io import ConfigWarning
+    from dgseg.pipeline.config.loading import ConfigWarning
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

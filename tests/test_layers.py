@@ -23,7 +23,7 @@ def imported_modules(path: Path, package: str | None = None) -> set[str]:
     `package`, by default the file's own)."""
     tree = ast.parse(path.read_text(), filename=str(path))
     if package is None:
-        package = ".".join(path.relative_to(ROOT).with_suffix("").parts[:-1])
+        package = ".".join(("dgseg", *path.relative_to(ROOT).with_suffix("").parts[:-1]))
     out: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -44,9 +44,10 @@ def sources(folder: str) -> list[Path]:
 
 def offending(folder: str, forbidden: tuple[str, ...]) -> list[str]:
     bad = []
+    names = tuple(f"dgseg.{f}" for f in forbidden)
     for path in sources(folder):
         for mod in sorted(imported_modules(path)):
-            if any(mod == f or mod.startswith(f + ".") for f in forbidden):
+            if any(mod == f or mod.startswith(f + ".") for f in names):
                 bad.append(f"{path.relative_to(ROOT)} imports {mod}")
     return bad
 
@@ -73,7 +74,17 @@ def test_layer_imports_stay_below(folder, forbidden):
 def test_the_checker_sees_lazy_and_relative_imports(tmp_path):
     """A lazy import inside a function is an import too (the old trainer cycle hid in one)."""
     probe = tmp_path / "probe.py"
-    probe.write_text("from .losses import x\n\ndef f():\n    from pipeline.semi.trainer import train_semi\n"
+    probe.write_text("from .losses import x\n\ndef f():\n    from dgseg.pipeline.semi.trainer import train_semi\n"
                      "    return train_semi\n")  # fmt: skip
-    mods = imported_modules(probe, package="pipeline.engine")
-    assert {"pipeline.semi.trainer", "pipeline.semi.trainer.train_semi", "pipeline.engine.losses"} <= mods
+    mods = imported_modules(probe, package="dgseg.pipeline.engine")
+    assert {"dgseg.pipeline.semi.trainer", "dgseg.pipeline.semi.trainer.train_semi",
+            "dgseg.pipeline.engine.losses"} <= mods
+
+
+def test_the_package_imports_only_its_own_names():
+    """Inside the package every import is `dgseg.*`: a bare `pipeline.x` works in a checkout but not once
+    installed, where only `dgseg` is on the path."""
+    bare = [f"{p.relative_to(ROOT)} imports {m}" for folder in ("pipeline", "depth_cache", "bench")
+            for p in sources(folder) for m in imported_modules(p)
+            if m.split(".")[0] in ("pipeline", "depth_cache", "bench", "cli")]  # fmt: skip
+    assert bare == []

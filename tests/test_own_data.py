@@ -9,13 +9,12 @@ import warnings
 from pathlib import Path
 
 import pytest
-
-from depth_cache.images import merge_records, records_from_json
-from pipeline.config_io import ConfigWarning, load_config
-from pipeline.data.dataset import build_train_dataset, build_unlabeled_dataset, build_val_dataset
-from pipeline.data.remap_ids import remap_ids
-from pipeline.data.splits import make_splits
-from pipeline.data.synthetic import generate_dataset
+from dgseg.depth_cache.images import merge_records, records_from_json
+from dgseg.pipeline.config.loading import ConfigWarning, load_config
+from dgseg.pipeline.data.dataset import build_train_dataset, build_unlabeled_dataset, build_val_dataset
+from dgseg.pipeline.data.remap_ids import remap_ids
+from dgseg.pipeline.data.splits import make_splits
+from dgseg.pipeline.data.synthetic import generate_dataset
 
 TEMPLATE = Path(__file__).resolve().parents[1] / "configs" / "custom_dav2.yaml"
 

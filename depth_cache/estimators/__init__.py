@@ -8,16 +8,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Union
 
-from depth_cache.config import EstimatorConfig
-from depth_cache.estimators.base import DepthEstimator
-from depth_cache.estimators.files import FilesDepth
+from dgseg.depth_cache.config import EstimatorConfig
+from dgseg.depth_cache.estimators.base import DepthEstimator
+from dgseg.depth_cache.estimators.files import FilesDepth
 
 DepthSource = Union[DepthEstimator, FilesDepth]
 
 
 def _dav2(size: str) -> Callable[[EstimatorConfig, list[str]], DepthSource]:
     def build(cfg: EstimatorConfig, levels: list[str]) -> DepthSource:
-        from depth_cache.estimators.depth_anything_v2 import build_depth_anything_v2
+        from dgseg.depth_cache.estimators.depth_anything_v2 import build_depth_anything_v2
 
         if cfg.weights is None:
             raise ValueError(f"estimator depth-anything-v2-{size} needs a weights file (--weights / estimator.weights)")
@@ -27,7 +27,7 @@ def _dav2(size: str) -> Callable[[EstimatorConfig, list[str]], DepthSource]:
 
 
 def _tiny(cfg: EstimatorConfig, levels: list[str]) -> DepthSource:
-    from depth_cache.estimators.depth_anything_v2 import build_tiny
+    from dgseg.depth_cache.estimators.depth_anything_v2 import build_tiny
 
     return build_tiny(seed=cfg.seed, input_size=cfg.input_size, levels=levels)
 

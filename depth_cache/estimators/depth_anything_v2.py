@@ -17,10 +17,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-
-from depth_cache.estimators.base import DepthEstimator, DepthOutput, FeatureInfo, Preprocess
-from depth_cache.estimators.dinov2 import DinoVisionTransformer
-from depth_cache.estimators.dpt import DPTHead
+from dgseg.depth_cache.estimators.base import DepthEstimator, DepthOutput, FeatureInfo, Preprocess
+from dgseg.depth_cache.estimators.dinov2 import DinoVisionTransformer
+from dgseg.depth_cache.estimators.dpt import DPTHead
 
 # Official model configs (run.py's `model_configs`) plus a small one of the same architecture.
 MODEL_CONFIGS: dict[str, dict] = {

@@ -21,10 +21,9 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
+from dgseg.depth_cache.entry import normalise_depth, pool_to_stride
+from dgseg.depth_cache.estimators.base import DepthOutput, FeatureInfo
 from PIL import Image
-
-from depth_cache.entry import normalise_depth, pool_to_stride
-from depth_cache.estimators.base import DepthOutput, FeatureInfo
 
 LEVEL_RE = re.compile(r"^depth_s(\d+)$")
 SUFFIXES = (".npy", ".png", ".tif", ".tiff")
@@ -77,7 +76,7 @@ class FilesDepth:
         self.feature_info = parse_levels(levels)
 
     def find(self, stem: str) -> Path:
-        from depth_cache.images import resolve_in_folder
+        from dgseg.depth_cache.images import resolve_in_folder
 
         for suffix in SUFFIXES:
             name = f"{stem}{suffix}"

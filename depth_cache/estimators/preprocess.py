@@ -14,8 +14,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-
-from depth_cache.estimators.base import Preprocess
+from dgseg.depth_cache.estimators.base import Preprocess
 
 
 @dataclass(frozen=True)

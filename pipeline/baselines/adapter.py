@@ -17,13 +17,12 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
-
-from pipeline.baselines.maskrcnn import check_mode
-from pipeline.config import Config
-from pipeline.data.coco import DataError
-from pipeline.data.dataset import InstanceDataset
-from pipeline.data.sample import Sample
-from pipeline.data.transforms import Compose, DropFlipView, HFlip, MatchResolution
+from dgseg.pipeline.baselines.maskrcnn import check_mode
+from dgseg.pipeline.config import Config
+from dgseg.pipeline.data.coco import DataError
+from dgseg.pipeline.data.dataset import InstanceDataset
+from dgseg.pipeline.data.sample import Sample
+from dgseg.pipeline.data.transforms import Compose, DropFlipView, HFlip, MatchResolution
 
 
 def needs_depth(mode: str) -> bool:

@@ -16,15 +16,14 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
+from dgseg.pipeline.baselines.adapter import anchor_collate, anchor_datasets
+from dgseg.pipeline.baselines.maskrcnn import build_maskrcnn
+from dgseg.pipeline.config import Config
+from dgseg.pipeline.engine.context import NonFiniteLoss, seed_everything
+from dgseg.pipeline.engine.metrics_log import MetricsLog
+from dgseg.pipeline.engine.sampler import ResumableBatchSampler, SeededDataset
 from torch.utils.data import DataLoader
 from tqdm import tqdm
-
-from pipeline.baselines.adapter import anchor_collate, anchor_datasets
-from pipeline.baselines.maskrcnn import build_maskrcnn
-from pipeline.config import Config
-from pipeline.engine.context import NonFiniteLoss, seed_everything
-from pipeline.engine.metrics_log import MetricsLog
-from pipeline.engine.sampler import ResumableBatchSampler, SeededDataset
 
 LR, MOMENTUM, WEIGHT_DECAY = 0.01, 0.9, 1e-4
 WARMUP_FACTOR = 1e-3
@@ -135,7 +134,7 @@ def train_anchor(cfg: Config, mode: str, reader: Optional[Any], iters: int, batc
 def evaluate_anchor(model: torch.nn.Module, val_ds, mode: str, cfg: Config, device: torch.device,
                     out_dir: Optional[Path] = None) -> dict:
     """COCO mask AP of the anchor on `val_ds` with the project's `Evaluator`; writes metrics/results to `out_dir`."""
-    from pipeline.evaluation import Evaluator, save_metrics, save_results
+    from dgseg.pipeline.evaluation import Evaluator, save_metrics, save_results
 
     model.eval()
     evaluator = Evaluator(val_ds.coco, max_detections=cfg.eval.max_detections)

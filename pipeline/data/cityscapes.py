@@ -16,11 +16,10 @@ import json
 from pathlib import Path
 
 import numpy as np
+from dgseg.pipeline.data.coco import MAX_LISTED
 from PIL import Image
 from pycocotools import mask as mask_utils
 from tqdm import tqdm
-
-from pipeline.data.coco import MAX_LISTED
 
 INSTANCE_CLASSES = {24: "person", 25: "rider", 26: "car", 27: "truck", 28: "bus", 31: "train", 32: "motorcycle",
                     33: "bicycle"}  # fmt: skip

@@ -22,9 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from dgseg.depth_cache.images import UnsafePathError, resolve_in_folder
 from pycocotools import mask as mask_utils
-
-from depth_cache.images import UnsafePathError, resolve_in_folder
 
 MAX_LISTED = 20  # ids / files named in an error message
 

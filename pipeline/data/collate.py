@@ -13,9 +13,8 @@ from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
-
-from pipeline.data.coco import DataError
-from pipeline.data.sample import Sample
+from dgseg.pipeline.data.coco import DataError
+from dgseg.pipeline.data.sample import Sample
 
 SIZE_DIVISIBILITY = 32
 

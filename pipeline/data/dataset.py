@@ -25,13 +25,20 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
+from dgseg.depth_cache.images import decode_rgb
+from dgseg.pipeline.config import Config
+from dgseg.pipeline.data.coco import (
+    MAX_LISTED,
+    CocoData,
+    DataError,
+    image_path,
+    instance_masks,
+    load_coco,
+    load_image_list,
+)
+from dgseg.pipeline.data.sample import Sample, new_sample
+from dgseg.pipeline.data.transforms import build_test_transforms, build_train_transforms
 from torch.utils.data import Dataset
-
-from depth_cache.images import decode_rgb
-from pipeline.config import Config
-from pipeline.data.coco import MAX_LISTED, CocoData, DataError, image_path, instance_masks, load_coco, load_image_list
-from pipeline.data.sample import Sample, new_sample
-from pipeline.data.transforms import build_test_transforms, build_train_transforms
 
 
 def read_image(path: Path, expected_size: Optional[tuple[int, int]] = None) -> torch.Tensor:

@@ -13,8 +13,7 @@ from typing import Optional
 
 import torch
 import torchvision.transforms.v2.functional as TF
-
-from pipeline.data.sample import Sample, check_sample
+from dgseg.pipeline.data.sample import Sample, check_sample
 
 
 def _u(low: float, high: float, g: Optional[torch.Generator]) -> float:

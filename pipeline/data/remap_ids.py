@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.data.coco import DataError, check_images, read_json
+from dgseg.pipeline.data.coco import DataError, check_images, read_json
 
 MAP_NAME = "id_map.json"
 

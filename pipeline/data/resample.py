@@ -18,8 +18,7 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
-
-from pipeline.data.sample import Sample, check_sample, refuse_flip_view
+from dgseg.pipeline.data.sample import Sample, check_sample, refuse_flip_view
 
 
 def _axis(n_out: int, extent_out: float, canvas: int, scale: float, offset: float, src_extent: int):

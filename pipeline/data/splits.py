@@ -16,8 +16,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-
-from pipeline.data.coco import load_coco, write_image_list
+from dgseg.pipeline.data.coco import load_coco, write_image_list
 
 
 def split_name(stem: str, percent: float, seed: int, kind: str) -> str:

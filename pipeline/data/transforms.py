@@ -20,9 +20,8 @@ from collections.abc import Callable, Sequence
 from typing import Optional
 
 import torch
-
-from pipeline.data.resample import resample_map, resample_sample
-from pipeline.data.sample import Sample, check_sample, has_flip_view, refuse_flip_view
+from dgseg.pipeline.data.resample import resample_map, resample_sample
+from dgseg.pipeline.data.sample import Sample, check_sample, has_flip_view, refuse_flip_view
 
 Transform = Callable[..., Sample]
 

@@ -9,16 +9,15 @@ from typing import Any
 
 import numpy as np
 import torch
+from dgseg.pipeline.config import Config
+from dgseg.pipeline.config.loading import save_config
+from dgseg.pipeline.engine.depth_source import DepthProvider, build_provider, open_reader
+from dgseg.pipeline.engine.distributed import DistInfo, init_distributed, pick_device
+from dgseg.pipeline.engine.metrics_log import MetricsLog
+from dgseg.pipeline.engine.optim import build_optimizer, build_scheduler
+from dgseg.pipeline.engine.sampler import ResumableBatchSampler, SeededDataset
 from torch import nn
 from torch.utils.data import DataLoader
-
-from pipeline.config import Config
-from pipeline.config_io import save_config
-from pipeline.engine.depth_source import DepthProvider, build_provider, open_reader
-from pipeline.engine.distributed import DistInfo, init_distributed, pick_device
-from pipeline.engine.metrics_log import MetricsLog
-from pipeline.engine.optim import build_optimizer, build_scheduler
-from pipeline.engine.sampler import ResumableBatchSampler, SeededDataset
 
 
 class NonFiniteLoss(RuntimeError):
@@ -64,9 +63,9 @@ def process_seed(seed: int, rank: int) -> int:
 
 
 def build_context(cfg: Config) -> RunContext:
-    from pipeline.data.collate import collate
-    from pipeline.data.dataset import build_val_dataset
-    from pipeline.model.build import build_criterion, build_model
+    from dgseg.pipeline.data.collate import collate
+    from dgseg.pipeline.data.dataset import build_val_dataset
+    from dgseg.pipeline.model.build import build_criterion, build_model
 
     device = pick_device(cfg.train.device)
     dist = init_distributed(device)
@@ -105,7 +104,7 @@ def _shard(dataset, dist: DistInfo):
 
 def train_loader(dataset, cfg: Config, dist: DistInfo, batch_size: int, start_iter: int, seed_offset: int = 0):
     """An infinite, resumable loader of collated batches (this process's share)."""
-    from pipeline.data.collate import collate
+    from dgseg.pipeline.data.collate import collate
 
     sampler = ResumableBatchSampler(len(dataset), batch_size, cfg.train.seed + seed_offset, start_iter,
                                     dist.rank, dist.world_size)
@@ -119,7 +118,7 @@ def train_loader(dataset, cfg: Config, dist: DistInfo, batch_size: int, start_it
 def check_finite(losses: dict[str, torch.Tensor], iteration: int, out_dir: Path) -> None:
     total = sum(losses.values())
     if not torch.isfinite(total):
-        from pipeline.engine.checkpoint import last_checkpoint
+        from dgseg.pipeline.engine.checkpoint import last_checkpoint
 
         bad = {k: float(v.detach()) for k, v in losses.items() if not torch.isfinite(v)}
         last = last_checkpoint(out_dir)

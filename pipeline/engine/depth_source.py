@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-
-from pipeline.config import Config
+from dgseg.pipeline.config import Config
 
 
 class DepthProvider:
@@ -59,7 +58,7 @@ def open_reader(cfg: Config):
     """The cache reader for `cache` mode (None otherwise); refuses a cache made by other settings."""
     if cfg.depth.mode != "cache":
         return None
-    from depth_cache.reader import open_cache
+    from dgseg.depth_cache.reader import open_cache
 
     levels = needed_levels(cfg)
     missing = [lv for lv in levels if lv not in cfg.depth.cache.levels]
@@ -77,8 +76,8 @@ def build_provider(cfg: Config, reader, device: torch.device) -> DepthProvider:
         channels = {name: stored[name] for name in levels}
         return DepthProvider("cache", channels, feature_stride=cfg.data.feature_stride)
     if cfg.depth.mode == "online":
-        from depth_cache.estimators import build_source
-        from depth_cache.online import OnlineDepth
+        from dgseg.depth_cache.estimators import build_source
+        from dgseg.depth_cache.online import OnlineDepth
 
         source = build_source(cfg.depth.estimator, levels)
         online = OnlineDepth(source.to(device) if hasattr(source, "to") else source)

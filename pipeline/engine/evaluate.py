@@ -6,14 +6,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from dgseg.pipeline.config import Config
+from dgseg.pipeline.engine.checkpoint import load_checkpoint, load_model_state, resolve_checkpoint
+from dgseg.pipeline.engine.depth_source import DepthProvider, build_provider, open_reader
+from dgseg.pipeline.engine.distributed import pick_device
+from dgseg.pipeline.engine.inference import predict_loader
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-
-from pipeline.config import Config
-from pipeline.engine.checkpoint import load_checkpoint, load_model_state, resolve_checkpoint
-from pipeline.engine.depth_source import DepthProvider, build_provider, open_reader
-from pipeline.engine.distributed import pick_device
-from pipeline.engine.inference import predict_loader
 
 
 def evaluate_checkpoint(cfg: Config, checkpoint: str | Path, out_dir: str | Path | None = None,
@@ -26,7 +25,7 @@ def evaluate_checkpoint(cfg: Config, checkpoint: str | Path, out_dir: str | Path
     under "both" the teacher's at the top level and the student's under `"student"`) and COCO-format
     `results.json` (RLE; `results_student.json` too under "both") into `out_dir`.
     """
-    from pipeline.evaluation import format_table, save_metrics, save_results
+    from dgseg.pipeline.evaluation import format_table, save_metrics, save_results
 
     checkpoint = resolve_checkpoint(checkpoint)
     ckpt = load_checkpoint(checkpoint)
@@ -74,9 +73,9 @@ class EvalSetup:
 
 def eval_setup(cfg: Config, state: dict, source: str) -> EvalSetup:
     """Build the config's model with `state` (from `source`, named in errors) and the val split's loader."""
-    from pipeline.data.collate import collate
-    from pipeline.data.dataset import build_val_dataset
-    from pipeline.model.build import build_model
+    from dgseg.pipeline.data.collate import collate
+    from dgseg.pipeline.data.dataset import build_val_dataset
+    from dgseg.pipeline.model.build import build_model
 
     device = pick_device(cfg.train.device)
     reader = open_reader(cfg)
@@ -91,7 +90,7 @@ def eval_setup(cfg: Config, state: dict, source: str) -> EvalSetup:
 
 
 def _evaluate_weights(cfg: Config, state: dict, source: str) -> tuple[dict, list]:
-    from pipeline.evaluation import Evaluator
+    from dgseg.pipeline.evaluation import Evaluator
 
     run = eval_setup(cfg, state, source)
     preds = predict_loader(run.model, run.loader, run.device, run.provider, cfg.eval, bool(run.provider.channels))

@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from dgseg.pipeline.config import EvalConfig
 from torch import nn
 from tqdm import tqdm
-
-from pipeline.config import EvalConfig
 
 
 @torch.no_grad()
@@ -21,7 +20,7 @@ def postprocess_outputs(outputs: dict, sizes: list[tuple[int, int]], orig_sizes:
                         eval_cfg: EvalConfig, mask_stride: int) -> list[dict]:
     """The model's outputs as instances at the original image sizes, with the config's inference settings
     (`eval.max_detections`, `eval.mask_score_power`, `eval.mask_nms_sigma`)."""
-    from pipeline.model.postprocess import postprocess
+    from dgseg.pipeline.model.postprocess import postprocess
 
     return postprocess(outputs, sizes, orig_sizes, eval_cfg.max_detections, mask_stride=mask_stride,
                        mask_score_power=eval_cfg.mask_score_power, mask_nms_sigma=eval_cfg.mask_nms_sigma)
@@ -50,7 +49,7 @@ def evaluate_model(model: nn.Module, loader, coco_gt, device: torch.device, prov
     """COCO segm metrics over the whole val set (the Evaluator gathers every process's results;
     ranks other than 0 get {}). With `output_dir`, rank 0 also writes the predictions there
     (`coco_results.json`) with `metrics.json`."""
-    from pipeline.evaluation import Evaluator
+    from dgseg.pipeline.evaluation import Evaluator
 
     evaluator = Evaluator(coco_gt, max_detections=eval_cfg.max_detections, output_dir=output_dir)
     for image_id, pred in predict_loader(model, loader, device, provider, eval_cfg, use_depth, show_progress):

@@ -5,9 +5,8 @@ from __future__ import annotations
 import dataclasses
 
 import torch
+from dgseg.pipeline.config import TrainConfig
 from torch import nn
-
-from pipeline.config import TrainConfig
 
 # Mask2Former's `build_optimizer` lists these as norm modules (weight_decay_norm); FrozenBatchNorm2d
 # holds no parameters, so it needs no entry

@@ -12,10 +12,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from dgseg.pipeline.config import Config
+from dgseg.pipeline.engine.predictor import Predictor
 from tqdm import tqdm
-
-from pipeline.config import Config
-from pipeline.engine.predictor import Predictor
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -56,7 +55,7 @@ def predict_images(cfg: Config, checkpoint: str | Path, inputs: list[Path], out_
     """Write pictures, `results.json` and `summary.json` into `out_dir`; returns the pictures.
 
     `checkpoint`: a file, or a run folder (its last checkpoint)."""
-    from pipeline.evaluation import save_instances_png, save_results
+    from dgseg.pipeline.evaluation import save_instances_png, save_results
 
     paths = list_images(inputs)
     predictor = Predictor(cfg, checkpoint, which)
@@ -92,6 +91,6 @@ def predict_images(cfg: Config, checkpoint: str | Path, inputs: list[Path], out_
 
 def path_image(path: Path):
     """The image as drawn: (3, H, W) float in [0, 1]."""
-    from pipeline.data.dataset import read_image
+    from dgseg.pipeline.data.dataset import read_image
 
     return read_image(path)

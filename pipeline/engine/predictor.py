@@ -18,12 +18,11 @@ from typing import Optional, Union
 
 import numpy as np
 import torch
+from dgseg.pipeline.config import Config
+from dgseg.pipeline.engine.checkpoint import load_checkpoint, load_model_state, resolve_checkpoint
+from dgseg.pipeline.engine.depth_source import needed_levels
+from dgseg.pipeline.engine.distributed import pick_device
 from PIL import Image
-
-from pipeline.config import Config
-from pipeline.engine.checkpoint import load_checkpoint, load_model_state, resolve_checkpoint
-from pipeline.engine.depth_source import needed_levels
-from pipeline.engine.distributed import pick_device
 
 ImageInput = Union[str, Path, Image.Image, np.ndarray, torch.Tensor]
 
@@ -76,7 +75,7 @@ class Prediction:
 
     def to_coco(self, image_id: int, score_threshold: float = 0.0) -> list[dict]:
         """COCO results (RLE segmentation, the dataset's category ids, score, bbox) as `evaluate` writes."""
-        from pipeline.evaluation.results import prediction_to_results
+        from dgseg.pipeline.evaluation.results import prediction_to_results
 
         return prediction_to_results(image_id, self.as_dict(), self.categories.ids, score_threshold=score_threshold)
 
@@ -101,7 +100,7 @@ def load_categories(cfg: Config, num_classes: int) -> Categories:
 
 def to_image_tensor(image: ImageInput) -> torch.Tensor:
     """(3, H, W) float in [0, 1] from a path, a PIL image, an (H, W, 3) uint8 array or such a tensor."""
-    from pipeline.data.dataset import read_image
+    from dgseg.pipeline.data.dataset import read_image
 
     if isinstance(image, (str, Path)):
         return read_image(Path(image))
@@ -123,9 +122,9 @@ class ImageDepth:
     """Depth map and features of one new image, from the configured source."""
 
     def __init__(self, cfg: Config, levels: list[str], device: torch.device) -> None:
-        from depth_cache.estimators import build_source
-        from depth_cache.estimators.files import FilesDepth
-        from depth_cache.online import OnlineDepth
+        from dgseg.depth_cache.estimators import build_source
+        from dgseg.depth_cache.estimators.files import FilesDepth
+        from dgseg.depth_cache.online import OnlineDepth
 
         source = build_source(cfg.depth.estimator, levels)
         self.channels = {fi.name: int(fi.channels) for fi in source.feature_info if fi.name in levels}
@@ -157,8 +156,8 @@ class Predictor:
 
     def __init__(self, cfg: Config, checkpoint: Union[str, Path], which: str = "auto",
                  device: Optional[Union[str, torch.device]] = None) -> None:
-        from pipeline.data.transforms import build_test_transforms
-        from pipeline.model.build import build_model
+        from dgseg.pipeline.data.transforms import build_test_transforms
+        from dgseg.pipeline.model.build import build_model
 
         self.cfg = cfg
         self.device = torch.device(device) if device is not None else pick_device(cfg.train.device)
@@ -182,9 +181,9 @@ class Predictor:
 
         `name`: what the result is called (default: the file stem, else "image"); the `files` depth
         source reads the depth map of that stem."""
-        from pipeline.data.collate import collate
-        from pipeline.data.sample import new_sample
-        from pipeline.engine.inference import postprocess_outputs
+        from dgseg.pipeline.data.collate import collate
+        from dgseg.pipeline.data.sample import new_sample
+        from dgseg.pipeline.engine.inference import postprocess_outputs
 
         if name is None and isinstance(image, (str, Path)):
             name = Path(image).stem

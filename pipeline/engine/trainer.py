@@ -13,12 +13,9 @@ import time
 from pathlib import Path
 
 import torch
-from torch import nn
-from tqdm import tqdm
-
-from pipeline.config import Config
-from pipeline.config_io import to_dict
-from pipeline.engine.checkpoint import (
+from dgseg.pipeline.config import Config
+from dgseg.pipeline.config.loading import to_dict
+from dgseg.pipeline.engine.checkpoint import (
     last_checkpoint,
     load_checkpoint,
     load_model_state,
@@ -26,10 +23,12 @@ from pipeline.engine.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from pipeline.engine.context import RunContext, build_context, check_finite, train_loader
-from pipeline.engine.distributed import all_gather_objects
-from pipeline.engine.inference import evaluate_model
-from pipeline.engine.optim import base_lr
+from dgseg.pipeline.engine.context import RunContext, build_context, check_finite, train_loader
+from dgseg.pipeline.engine.distributed import all_gather_objects
+from dgseg.pipeline.engine.inference import evaluate_model
+from dgseg.pipeline.engine.optim import base_lr
+from torch import nn
+from tqdm import tqdm
 
 
 def due(step: int, period: int, last: int) -> bool:
@@ -147,14 +146,14 @@ def periodic_eval(ctx: RunContext, model: nn.Module, iteration: int, prefix: str
     record.update({f"{prefix}/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
     ctx.log.write(record)
     if ctx.dist.is_main:
-        from pipeline.evaluation.visualize import plot_curves
+        from dgseg.pipeline.evaluation.visualize import plot_curves
 
         plot_curves(ctx.log.path, ctx.out_dir / "curves.png")
     return metrics
 
 
 def train_supervised(cfg: Config, resume: bool = False) -> dict:
-    from pipeline.data.dataset import build_train_dataset
+    from dgseg.pipeline.data.dataset import build_train_dataset
 
     ctx = build_context(cfg)
     start = restore(ctx)[0] if resume else 0

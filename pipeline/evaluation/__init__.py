@@ -9,16 +9,16 @@ Metrics are percentages (0..100), as in detectron2. Typical use (training loop, 
     print(format_table(metrics))
 """
 
-from pipeline.evaluation.coco_eval import evaluate_segm, format_table, load_coco_gt, save_metrics
-from pipeline.evaluation.evaluator import Evaluator
-from pipeline.evaluation.results import (
+from dgseg.pipeline.evaluation.coco_eval import evaluate_segm, format_table, load_coco_gt, save_metrics
+from dgseg.pipeline.evaluation.evaluator import Evaluator
+from dgseg.pipeline.evaluation.results import (
     category_names,
     contiguous_category_ids,
     load_results,
     prediction_to_results,
     save_results,
 )
-from pipeline.evaluation.visualize import draw_instances, plot_curves, save_instances_png
+from dgseg.pipeline.evaluation.visualize import draw_instances, plot_curves, save_instances_png
 
 __all__ = [
     "Evaluator",

@@ -11,15 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import torch.distributed as dist
-from pycocotools.coco import COCO
-
-from pipeline.evaluation.coco_eval import evaluate_segm, load_coco_gt, save_metrics
-from pipeline.evaluation.results import (
+from dgseg.pipeline.evaluation.coco_eval import evaluate_segm, load_coco_gt, save_metrics
+from dgseg.pipeline.evaluation.results import (
     coco_image_id,
     contiguous_category_ids,
     prediction_to_results,
     save_results,
 )
+from pycocotools.coco import COCO
 
 
 class Evaluator:

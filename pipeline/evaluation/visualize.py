@@ -15,9 +15,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from dgseg.pipeline.evaluation.pil_plot import Panel, _font, render_panels, y_range
 from PIL import Image, ImageDraw
-
-from pipeline.evaluation.pil_plot import Panel, _font, render_panels, y_range
 
 # Panels of the curve plot and the JSONL keys each one draws (absent keys are skipped,
 # and a panel with no key present is left out). In stage B `val/` is the teacher (the kept model)

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
+from dgseg.pipeline.config import ModelConfig
+from dgseg.pipeline.model.backbone import Backbone
+from dgseg.pipeline.model.criterion import SetCriterion
+from dgseg.pipeline.model.depth_fusion import DepthFusion
+from dgseg.pipeline.model.mask_former import MaskFormer
+from dgseg.pipeline.model.matcher import HungarianMatcher
+from dgseg.pipeline.model.pixel_decoder import MSDeformAttnPixelDecoder
+from dgseg.pipeline.model.roi_classifier import MaskRoIClassifier
+from dgseg.pipeline.model.transformer_decoder import MaskedTransformerDecoder
 from torch import nn
-
-from pipeline.config import ModelConfig
-from pipeline.model.backbone import Backbone
-from pipeline.model.criterion import SetCriterion
-from pipeline.model.depth_fusion import DepthFusion
-from pipeline.model.mask_former import MaskFormer
-from pipeline.model.matcher import HungarianMatcher
-from pipeline.model.pixel_decoder import MSDeformAttnPixelDecoder
-from pipeline.model.roi_classifier import MaskRoIClassifier
-from pipeline.model.transformer_decoder import MaskedTransformerDecoder
 
 
 def build_model(cfg: ModelConfig, num_classes: int, depth_channels: dict[str, int]) -> MaskFormer:

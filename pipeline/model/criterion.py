@@ -34,10 +34,9 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from dgseg.pipeline.model.matcher import HungarianMatcher
+from dgseg.pipeline.model.point_sampling import pad_targets, point_sample, uncertain_point_coords
 from torch import Tensor, nn
-
-from pipeline.model.matcher import HungarianMatcher
-from pipeline.model.point_sampling import pad_targets, point_sample, uncertain_point_coords
 
 
 def dice_loss(inputs: Tensor, targets: Tensor) -> Tensor:

@@ -27,9 +27,8 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+from dgseg.pipeline.model.padding import downsample_mask, masked_interpolate
 from torch import Tensor, nn
-
-from pipeline.model.padding import downsample_mask, masked_interpolate
 
 
 class DepthFusion(nn.Module):

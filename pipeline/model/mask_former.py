@@ -14,13 +14,12 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
+from dgseg.pipeline.model.backbone import Backbone
+from dgseg.pipeline.model.depth_fusion import DepthFusion
+from dgseg.pipeline.model.padding import SpatialPaddingHooks, drop_empty
+from dgseg.pipeline.model.pixel_decoder import MSDeformAttnPixelDecoder
+from dgseg.pipeline.model.transformer_decoder import MaskedTransformerDecoder
 from torch import Tensor, nn
-
-from pipeline.model.backbone import Backbone
-from pipeline.model.depth_fusion import DepthFusion
-from pipeline.model.padding import SpatialPaddingHooks, drop_empty
-from pipeline.model.pixel_decoder import MSDeformAttnPixelDecoder
-from pipeline.model.transformer_decoder import MaskedTransformerDecoder
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -17,10 +17,9 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+from dgseg.pipeline.model.point_sampling import pad_targets, point_sample
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
-
-from pipeline.model.point_sampling import pad_targets, point_sample
 
 
 def pairwise_sigmoid_ce(inputs: Tensor, targets: Tensor) -> Tensor:

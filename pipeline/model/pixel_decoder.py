@@ -20,11 +20,10 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
+from dgseg.pipeline.model.ms_deform_attn import MSDeformAttn
+from dgseg.pipeline.model.padding import downsample_mask, masked_interpolate, run_masked, valid_ratios, zero_padding
+from dgseg.pipeline.model.position_encoding import PositionEmbeddingSine
 from torch import Tensor, nn
-
-from pipeline.model.ms_deform_attn import MSDeformAttn
-from pipeline.model.padding import downsample_mask, masked_interpolate, run_masked, valid_ratios, zero_padding
-from pipeline.model.position_encoding import PositionEmbeddingSine
 
 
 def group_norm(channels: int) -> nn.GroupNorm:

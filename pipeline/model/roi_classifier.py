@@ -21,9 +21,8 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
+from dgseg.pipeline.model.padding import image_extent
 from torch import Tensor, nn
-
-from pipeline.model.padding import image_extent
 
 
 def mask_boxes(masks: Tensor, pad: Optional[Tensor], margin: float) -> Tensor:

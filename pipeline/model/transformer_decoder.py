@@ -24,11 +24,10 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
+from dgseg.pipeline.model.padding import downsample_mask, zero_padding
+from dgseg.pipeline.model.position_encoding import PositionEmbeddingSine
+from dgseg.pipeline.model.roi_classifier import MaskRoIClassifier
 from torch import Tensor, nn
-
-from pipeline.model.padding import downsample_mask, zero_padding
-from pipeline.model.position_encoding import PositionEmbeddingSine
-from pipeline.model.roi_classifier import MaskRoIClassifier
 
 
 class SelfAttentionLayer(nn.Module):

@@ -27,10 +27,9 @@ from typing import Optional
 
 import numpy as np
 import torch
+from dgseg.pipeline.model.postprocess import mask_iou
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
-
-from pipeline.model.postprocess import mask_iou
 
 
 def count_matches(

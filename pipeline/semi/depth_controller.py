@@ -60,10 +60,9 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Optional, Union
 
 import torch
+from dgseg.pipeline.config import ControllerConfig
+from dgseg.pipeline.semi.agreement import agreement_counts
 from torch import Tensor
-
-from pipeline.config import ControllerConfig
-from pipeline.semi.agreement import agreement_counts
 
 Stat = Union[float, Tensor, None]
 STAT_NAMES = ("agreement", "loss_rgb", "loss_depth")

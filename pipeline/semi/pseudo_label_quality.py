@@ -10,9 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from dgseg.pipeline.model.postprocess import mask_iou
 from torch import Tensor
-
-from pipeline.model.postprocess import mask_iou
 
 
 def pseudo_label_counts(pseudo: Sequence[dict[str, Tensor]], targets: Sequence[dict[str, Tensor]],

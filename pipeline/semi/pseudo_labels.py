@@ -41,9 +41,8 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
+from dgseg.pipeline.model.postprocess import mask_iou
 from torch import Tensor
-
-from pipeline.model.postprocess import mask_iou
 
 
 def make_pseudo_labels(

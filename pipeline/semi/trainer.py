@@ -20,16 +20,13 @@ import dataclasses
 import time
 
 import torch
-from torch import nn
-from tqdm import tqdm
-
-from pipeline.config import Config, TrainConfig
-from pipeline.engine.checkpoint import load_checkpoint, load_model_state
-from pipeline.engine.context import RunContext, build_context, check_finite, train_loader
-from pipeline.engine.distributed import all_reduce_sum, broadcast_buffers
-from pipeline.engine.optim import base_lr, build_optimizer, build_scheduler, stage_schedule
-from pipeline.engine.step_timer import StepTimer
-from pipeline.engine.trainer import (
+from dgseg.pipeline.config import Config, TrainConfig
+from dgseg.pipeline.engine.checkpoint import load_checkpoint, load_model_state
+from dgseg.pipeline.engine.context import RunContext, build_context, check_finite, train_loader
+from dgseg.pipeline.engine.distributed import all_reduce_sum, broadcast_buffers
+from dgseg.pipeline.engine.optim import base_lr, build_optimizer, build_scheduler, stage_schedule
+from dgseg.pipeline.engine.step_timer import StepTimer
+from dgseg.pipeline.engine.trainer import (
     LoaderClock,
     due,
     main_loss_terms,
@@ -39,11 +36,18 @@ from pipeline.engine.trainer import (
     save_run_checkpoint,
     wrap_ddp,
 )
-from pipeline.semi.depth_controller import build_controller, finish_measurements, measure_step, reduce_measurements
-from pipeline.semi.depth_view import render_depth_view
-from pipeline.semi.ema import copy_student_to_teacher, ema_update, make_teacher
-from pipeline.semi.losses import combine_unsup_losses
-from pipeline.semi.pseudo_labels import PseudoLabeler
+from dgseg.pipeline.semi.depth_controller import (
+    build_controller,
+    finish_measurements,
+    measure_step,
+    reduce_measurements,
+)
+from dgseg.pipeline.semi.depth_view import render_depth_view
+from dgseg.pipeline.semi.ema import copy_student_to_teacher, ema_update, make_teacher
+from dgseg.pipeline.semi.losses import combine_unsup_losses
+from dgseg.pipeline.semi.pseudo_labels import PseudoLabeler
+from torch import nn
+from tqdm import tqdm
 
 
 def _forward(ctx: RunContext, model: nn.Module, images: torch.Tensor, batch, targets=None) -> dict:
@@ -134,7 +138,7 @@ def _stage_b_reset(ctx: RunContext, teacher: nn.Module, start_b: int) -> None:
     broadcast_buffers(ctx.model)  # every process's teacher is the same model
     teacher.load_state_dict(ctx.model.state_dict())
     if cfg.semi.student_init == "scratch":
-        from pipeline.model.build import build_model
+        from dgseg.pipeline.model.build import build_model
 
         fresh = build_model(cfg.model, cfg.data.num_classes, ctx.provider.channels).to(ctx.device)
         ctx.model.load_state_dict(fresh.state_dict())
@@ -144,8 +148,8 @@ def _stage_b_reset(ctx: RunContext, teacher: nn.Module, start_b: int) -> None:
 
 
 def train_semi(cfg: Config, resume: bool = False) -> dict:
-    from pipeline.data.dataset import build_train_dataset, build_unlabeled_dataset
-    from pipeline.data.photometric import StrongAugment
+    from dgseg.pipeline.data.dataset import build_train_dataset, build_unlabeled_dataset
+    from dgseg.pipeline.data.photometric import StrongAugment
 
     semi = cfg.semi
     ctx = build_context(cfg)
@@ -164,7 +168,7 @@ def train_semi(cfg: Config, resume: bool = False) -> dict:
     start = 0
     if resume:
         # a checkpoint from stage B carries the teacher; rebuild stage B's optimiser first so shapes match
-        from pipeline.engine.checkpoint import last_checkpoint
+        from dgseg.pipeline.engine.checkpoint import last_checkpoint
 
         path = last_checkpoint(ctx.out_dir)
         if path is not None and "teacher" in load_checkpoint(path):

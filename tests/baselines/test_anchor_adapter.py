@@ -7,15 +7,14 @@ import json
 import numpy as np
 import pytest
 import torch
+from dgseg.pipeline.baselines.adapter import anchor_input, anchor_target, masks_to_boxes
+from dgseg.pipeline.baselines.loop import to_prediction
+from dgseg.pipeline.data.coco import DataError
+from dgseg.pipeline.data.dataset import InstanceDataset
+from dgseg.pipeline.data.sample import new_sample
+from dgseg.pipeline.evaluation import Evaluator
+from dgseg.pipeline.evaluation.results import encode_masks
 from PIL import Image
-
-from pipeline.baselines.adapter import anchor_input, anchor_target, masks_to_boxes
-from pipeline.baselines.loop import to_prediction
-from pipeline.data.coco import DataError
-from pipeline.data.dataset import InstanceDataset
-from pipeline.data.sample import new_sample
-from pipeline.evaluation import Evaluator
-from pipeline.evaluation.results import encode_masks
 
 
 def _sample(depth=None):

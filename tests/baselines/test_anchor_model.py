@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from dgseg.pipeline.baselines.maskrcnn import build_maskrcnn, input_channels
 from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
-
-from pipeline.baselines.maskrcnn import build_maskrcnn, input_channels
 
 
 def _target(size: int) -> dict:

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from dgseg.pipeline.data.cityscapes import convert
+from dgseg.pipeline.data.coco import load_coco
 from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
-
-from pipeline.data.cityscapes import convert
-from pipeline.data.coco import load_coco
 
 
 def _sample(root, with_images=True):

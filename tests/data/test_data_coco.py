@@ -7,10 +7,9 @@ import json
 import numpy as np
 import pytest
 import torch
+from dgseg.pipeline.data.coco import DataError, decode_segmentation, instance_masks, load_coco, load_image_list
 from PIL import Image
 from pycocotools import mask as mask_utils
-
-from pipeline.data.coco import DataError, decode_segmentation, instance_masks, load_coco, load_image_list
 
 
 def _write(path, data):
@@ -117,7 +116,7 @@ def test_image_list(tmp_path):
 
 
 def test_file_names_leading_outside_the_image_folder_are_refused(tmp_path):
-    from pipeline.data.dataset import InstanceDataset
+    from dgseg.pipeline.data.dataset import InstanceDataset
 
     _dataset(tmp_path, [])
     Image.new("RGB", (12, 10)).save(tmp_path / "outside.png")
@@ -138,12 +137,12 @@ def test_file_names_leading_outside_the_image_folder_are_refused(tmp_path):
 
 def test_dataset_refuses_cache_entries_of_other_files_with_the_same_ids(tmp_path):
     """A val JSON numbered like the train JSON: its entries would be the train images' depth."""
-    from depth_cache.config import CacheConfig, EstimatorConfig
-    from depth_cache.images import records_from_json
-    from depth_cache.precompute import run_precompute
-    from depth_cache.reader import open_cache
-    from pipeline.data.dataset import InstanceDataset
-    from pipeline.data.synthetic import generate_dataset
+    from dgseg.depth_cache.config import CacheConfig, EstimatorConfig
+    from dgseg.depth_cache.images import records_from_json
+    from dgseg.depth_cache.precompute import run_precompute
+    from dgseg.depth_cache.reader import open_cache
+    from dgseg.pipeline.data.dataset import InstanceDataset
+    from dgseg.pipeline.data.synthetic import generate_dataset
 
     root = tmp_path / "data"
     generate_dataset(root, num_train=4, num_val=4, size=32, seed=0)
@@ -166,13 +165,13 @@ def test_dataset_refuses_cache_entries_of_other_files_with_the_same_ids(tmp_path
 
 
 def test_training_read_of_a_damaged_shard_names_the_cache_shard_image_and_the_fix(tmp_path):
-    from depth_cache.config import CacheConfig, EstimatorConfig
-    from depth_cache.images import records_from_json
-    from depth_cache.precompute import run_precompute
-    from depth_cache.reader import open_cache
-    from depth_cache.store import CacheError
-    from pipeline.data.dataset import InstanceDataset
-    from pipeline.data.synthetic import generate_dataset
+    from dgseg.depth_cache.config import CacheConfig, EstimatorConfig
+    from dgseg.depth_cache.images import records_from_json
+    from dgseg.depth_cache.precompute import run_precompute
+    from dgseg.depth_cache.reader import open_cache
+    from dgseg.depth_cache.store import CacheError
+    from dgseg.pipeline.data.dataset import InstanceDataset
+    from dgseg.pipeline.data.synthetic import generate_dataset
 
     root = tmp_path / "data"
     generate_dataset(root, num_train=3, num_val=1, size=32, seed=0)

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from pipeline.data.coco import DataError
-from pipeline.data.collate import collate
-from pipeline.data.sample import new_sample
-from pipeline.data.transforms import build_test_transforms
+from dgseg.pipeline.data.coco import DataError
+from dgseg.pipeline.data.collate import collate
+from dgseg.pipeline.data.sample import new_sample
+from dgseg.pipeline.data.transforms import build_test_transforms
 
 
 def _sample(h, w, n=2, depth=True, image_id="1"):

@@ -9,20 +9,19 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
-
-from pipeline.config import Config
-from pipeline.data.coco import DataError, load_coco
-from pipeline.data.collate import collate
-from pipeline.data.dataset import (
+from dgseg.pipeline.config import Config
+from dgseg.pipeline.data.coco import DataError, load_coco
+from dgseg.pipeline.data.collate import collate
+from dgseg.pipeline.data.dataset import (
     InstanceDataset,
     UnlabeledDataset,
     build_train_dataset,
     build_unlabeled_dataset,
     build_val_dataset,
 )
-from pipeline.data.splits import make_splits
-from pipeline.data.synthetic import generate_dataset
+from dgseg.pipeline.data.splits import make_splits
+from dgseg.pipeline.data.synthetic import generate_dataset
+from PIL import Image
 
 
 @dataclass

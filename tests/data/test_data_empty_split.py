@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from pipeline.config import Config
-from pipeline.data.coco import DataError
-from pipeline.data.dataset import build_train_dataset
-from pipeline.data.synthetic import generate_dataset
+from dgseg.pipeline.config import Config
+from dgseg.pipeline.data.coco import DataError
+from dgseg.pipeline.data.dataset import build_train_dataset
+from dgseg.pipeline.data.synthetic import generate_dataset
 
 
 @pytest.fixture(scope="module")

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from pipeline.data.collate import collate
-from pipeline.data.sample import has_flip_view, new_sample
-from pipeline.data.transforms import (
+from dgseg.pipeline.data.collate import collate
+from dgseg.pipeline.data.sample import has_flip_view, new_sample
+from dgseg.pipeline.data.transforms import (
     DropFlipView,
     HFlip,
     LargeScaleJitter,
@@ -130,12 +129,12 @@ def test_test_pipeline_drops_the_flipped_view():
 
 
 def test_dataset_attaches_the_cached_flipped_view(tmp_path):
-    from depth_cache.config import CacheConfig, EstimatorConfig
-    from depth_cache.images import records_from_json
-    from depth_cache.precompute import run_precompute
-    from depth_cache.reader import open_cache
-    from pipeline.data.dataset import InstanceDataset
-    from pipeline.data.synthetic import generate_dataset
+    from dgseg.depth_cache.config import CacheConfig, EstimatorConfig
+    from dgseg.depth_cache.images import records_from_json
+    from dgseg.depth_cache.precompute import run_precompute
+    from dgseg.depth_cache.reader import open_cache
+    from dgseg.pipeline.data.dataset import InstanceDataset
+    from dgseg.pipeline.data.synthetic import generate_dataset
 
     generate_dataset(tmp_path / "syn", num_train=3, num_val=0, size=32, seed=0)
     ann, images = tmp_path / "syn" / "annotations" / "train.json", tmp_path / "syn" / "images" / "train"

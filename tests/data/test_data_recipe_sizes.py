@@ -5,11 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-
-from pipeline.config_io import load_config
-from pipeline.data.dataset import train_canvas
-from pipeline.data.sample import new_sample
-from pipeline.data.transforms import build_test_transforms, build_train_transforms
+from dgseg.pipeline.config.loading import load_config
+from dgseg.pipeline.data.dataset import train_canvas
+from dgseg.pipeline.data.sample import new_sample
+from dgseg.pipeline.data.transforms import build_test_transforms, build_train_transforms
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 

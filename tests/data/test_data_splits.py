@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from dgseg.pipeline.data.coco import DataError, load_coco, load_image_list
+from dgseg.pipeline.data.splits import make_splits
 from pycocotools.coco import COCO
-
-from pipeline.data.coco import DataError, load_coco, load_image_list
-from pipeline.data.splits import make_splits
 
 
 @pytest.fixture

@@ -6,11 +6,10 @@ import hashlib
 from pathlib import Path
 
 import numpy as np
+from dgseg.pipeline.data.synthetic import generate_dataset, render_scene
 from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
-
-from pipeline.data.synthetic import generate_dataset, render_scene
 
 
 def _digest(root: Path) -> str:
@@ -86,7 +85,7 @@ def test_generates_200_images(tmp_path):
 
 # --- scene distributions (SceneSpec / presets) ---------------------------------------------------
 
-from pipeline.data.synthetic import PRESETS, SceneSpec, parse_range, scene_spec  # noqa: E402
+from dgseg.pipeline.data.synthetic import PRESETS, SceneSpec, parse_range, scene_spec  # noqa: E402
 
 
 def test_small_preset_objects_stand_on_the_ground():

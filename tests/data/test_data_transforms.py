@@ -13,11 +13,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
-from pipeline.data.photometric import StrongAugment, two_views
-from pipeline.data.sample import new_sample
-from pipeline.data.synthetic import render_scene
-from pipeline.data.transforms import (
+from dgseg.pipeline.data.photometric import StrongAugment, two_views
+from dgseg.pipeline.data.sample import new_sample
+from dgseg.pipeline.data.synthetic import render_scene
+from dgseg.pipeline.data.transforms import (
     HFlip,
     LargeScaleJitter,
     MatchResolution,
@@ -140,7 +139,7 @@ def test_unknown_field_raises():
 
 
 def test_flipping_files_source_maps_equals_maps_of_flipped_image(tmp_path):
-    from depth_cache.estimators.files import FilesDepth
+    from dgseg.depth_cache.estimators.files import FilesDepth
 
     source = FilesDepth(tmp_path, "depth", ["depth_s8", "depth_s16"])
     rgb, depth_mm, masks, labels = render_scene(np.random.default_rng(0), 128)

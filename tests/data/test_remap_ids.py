@@ -8,10 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from depth_cache.images import merge_records, records_from_json
-from pipeline.data.coco import DataError, load_coco
-from pipeline.data.remap_ids import remap_ids
+from dgseg.depth_cache.images import merge_records, records_from_json
+from dgseg.pipeline.data.coco import DataError, load_coco
+from dgseg.pipeline.data.remap_ids import remap_ids
 
 REPO = Path(__file__).resolve().parents[2]
 

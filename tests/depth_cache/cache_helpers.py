@@ -12,11 +12,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from dgseg.depth_cache.config import CacheConfig
+from dgseg.depth_cache.estimators.base import DepthEstimator, DepthOutput, FeatureInfo, Preprocess
 from PIL import Image
 from torch import nn
-
-from depth_cache.config import CacheConfig
-from depth_cache.estimators.base import DepthEstimator, DepthOutput, FeatureInfo, Preprocess
 
 # sizes (H, W): landscape, portrait, odd, square, and one too wide for the 2:1 canvas
 SIZES = [(40, 60), (60, 40), (33, 47), (50, 50), (20, 90), (45, 30), (28, 28), (64, 48)]

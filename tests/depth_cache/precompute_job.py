@@ -13,10 +13,9 @@ import time
 from pathlib import Path
 
 from cache_helpers import FakeEstimator, cache_cfg, fake_fields
-
-from depth_cache.images import records_from_json
-from depth_cache.precompute import precompute
-from depth_cache.runner import make_runner
+from dgseg.depth_cache.images import records_from_json
+from dgseg.depth_cache.precompute import precompute
+from dgseg.depth_cache.runner import make_runner
 
 
 def main() -> None:

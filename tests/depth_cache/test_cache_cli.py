@@ -11,11 +11,10 @@ import pytest
 import torch
 import zarr
 from click.testing import CliRunner
+from dgseg import cli
+from dgseg.depth_cache.export import read_hdf5_entry
+from dgseg.depth_cache.reader import CacheReader
 from PIL import Image
-
-import cli
-from depth_cache.export import read_hdf5_entry
-from depth_cache.reader import CacheReader
 
 
 @pytest.fixture

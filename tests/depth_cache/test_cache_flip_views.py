@@ -9,17 +9,16 @@ import shutil
 import pytest
 import torch
 from cache_helpers import make_images
+from dgseg.depth_cache.catalog import cache_info, list_summaries, verify_cache
+from dgseg.depth_cache.config import CacheConfig, EstimatorConfig
+from dgseg.depth_cache.estimators import build_source
+from dgseg.depth_cache.estimators.files import FilesDepth
+from dgseg.depth_cache.images import records_from_json
+from dgseg.depth_cache.key import cache_key, key_fields
+from dgseg.depth_cache.precompute import precompute, run_precompute
+from dgseg.depth_cache.reader import CacheKeyMismatchError, open_cache
+from dgseg.depth_cache.runner import make_runner
 from PIL import Image, ImageOps
-
-from depth_cache.catalog import cache_info, list_summaries, verify_cache
-from depth_cache.config import CacheConfig, EstimatorConfig
-from depth_cache.estimators import build_source
-from depth_cache.estimators.files import FilesDepth
-from depth_cache.images import records_from_json
-from depth_cache.key import cache_key, key_fields
-from depth_cache.precompute import precompute, run_precompute
-from depth_cache.reader import CacheKeyMismatchError, open_cache
-from depth_cache.runner import make_runner
 
 # landscape, portrait (stored transposed), too wide for the 2:1 canvas (shrunk), odd sizes
 SIZES = [(30, 40), (40, 30), (20, 50), (33, 47)]

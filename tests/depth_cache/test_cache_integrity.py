@@ -18,16 +18,15 @@ import pytest
 import torch
 from cache_helpers import SIZES, FakeEstimator, cache_cfg, fake_fields, make_images
 from click.testing import CliRunner
+from dgseg import cli
+from dgseg.depth_cache.catalog import verify_cache
+from dgseg.depth_cache.config import CacheConfig, EstimatorConfig
+from dgseg.depth_cache.images import decode_image, image_size, records_from_folder, records_from_json
+from dgseg.depth_cache.precompute import precompute, run_precompute
+from dgseg.depth_cache.reader import CacheReader
+from dgseg.depth_cache.runner import make_runner
+from dgseg.depth_cache.store import CacheError, CacheStore
 from PIL import Image
-
-import cli
-from depth_cache.catalog import verify_cache
-from depth_cache.config import CacheConfig, EstimatorConfig
-from depth_cache.images import decode_image, image_size, records_from_folder, records_from_json
-from depth_cache.precompute import precompute, run_precompute
-from depth_cache.reader import CacheReader
-from depth_cache.runner import make_runner
-from depth_cache.store import CacheError, CacheStore
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -164,7 +163,7 @@ def test_names_leading_outside_the_image_folder_are_refused(tmp_path):
 
 
 def test_files_source_refuses_a_map_symlinked_outside(tmp_path):
-    from depth_cache.estimators.files import FilesDepth
+    from dgseg.depth_cache.estimators.files import FilesDepth
 
     depth_dir, outside = tmp_path / "depth", tmp_path / "elsewhere.npy"
     depth_dir.mkdir()
@@ -205,7 +204,7 @@ def _odd_images(folder: Path) -> dict[str, np.ndarray]:
 
 
 def test_one_decoder_for_16_bit_cmyk_palette_alpha_and_exif(tmp_path):
-    from pipeline.data.dataset import read_image
+    from dgseg.pipeline.data.dataset import read_image
 
     for name, want in _odd_images(tmp_path).items():
         got = decode_image(str(tmp_path / name)).permute(1, 2, 0).numpy()
@@ -231,8 +230,9 @@ def test_precompute_stores_the_16_bit_image_as_decoded(tmp_path):
 
 
 def _job(args):
-    # the script's own folder comes first on its sys.path: put this checkout before any installed copy
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), str(REPO)]), "OMP_NUM_THREADS": "1"}
+    # the helpers beside the script, and whatever PYTHONPATH this run has (dgseg comes from the install)
+    path = [str(HERE), *filter(None, [os.environ.get("PYTHONPATH")])]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path), "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, str(HERE / "precompute_job.py"), *map(str, args)], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
 

@@ -6,12 +6,11 @@ import dataclasses
 
 import pytest
 from cache_helpers import make_images
-
-from depth_cache.config import CacheConfig, EstimatorConfig
-from depth_cache.images import records_from_json
-from depth_cache.key import cache_key, key_fields
-from depth_cache.precompute import run_precompute
-from depth_cache.reader import CacheKeyMismatchError, open_cache
+from dgseg.depth_cache.config import CacheConfig, EstimatorConfig
+from dgseg.depth_cache.images import records_from_json
+from dgseg.depth_cache.key import cache_key, key_fields
+from dgseg.depth_cache.precompute import run_precompute
+from dgseg.depth_cache.reader import CacheKeyMismatchError, open_cache
 
 
 def _tiny(**kw) -> EstimatorConfig:

@@ -5,13 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 from cache_helpers import FakeEstimator, cache_cfg, fake_fields, make_images
-
-from depth_cache.estimators.files import FilesDepth
-from depth_cache.images import decode_image, records_from_json
-from depth_cache.online import OnlineDepth
-from depth_cache.precompute import precompute
-from depth_cache.reader import CacheReader
-from depth_cache.runner import make_runner
+from dgseg.depth_cache.estimators.files import FilesDepth
+from dgseg.depth_cache.images import decode_image, records_from_json
+from dgseg.depth_cache.online import OnlineDepth
+from dgseg.depth_cache.precompute import precompute
+from dgseg.depth_cache.reader import CacheReader
+from dgseg.depth_cache.runner import make_runner
 
 
 def test_online_entries_match_cached_entries(tmp_path):

@@ -9,15 +9,14 @@ import pytest
 import torch
 import zarr
 from cache_helpers import SIZES, FakeEstimator, cache_cfg, fake_fields, make_images
-
-from depth_cache.catalog import verify_cache
-from depth_cache.chunks import ShardChunkReader, fast_layout
-from depth_cache.geometry import fit_frame, make_canvas
-from depth_cache.images import records_from_json
-from depth_cache.precompute import precompute
-from depth_cache.reader import CacheReader, MissingEntryError
-from depth_cache.runner import make_runner
-from depth_cache.store import CacheStore, array_path
+from dgseg.depth_cache.catalog import verify_cache
+from dgseg.depth_cache.chunks import ShardChunkReader, fast_layout
+from dgseg.depth_cache.geometry import fit_frame, make_canvas
+from dgseg.depth_cache.images import records_from_json
+from dgseg.depth_cache.precompute import precompute
+from dgseg.depth_cache.reader import CacheReader, MissingEntryError
+from dgseg.depth_cache.runner import make_runner
+from dgseg.depth_cache.store import CacheStore, array_path
 
 
 def _build(tmp_path, root=None, **cfg_kw):
@@ -30,7 +29,7 @@ def _build(tmp_path, root=None, **cfg_kw):
 
 def _expected(runner, record, canvas):
     """What the source gives for one image, computed alone (no batching, no storage)."""
-    from depth_cache.images import decode_image
+    from dgseg.depth_cache.images import decode_image
 
     img = decode_image(record.path)
     frame, _ = fit_frame(runner.natural_frame(tuple(img.shape[-2:])), canvas, 14)

@@ -15,8 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from depth_cache.estimators.depth_anything_v2 import (
+from dgseg.depth_cache.estimators.depth_anything_v2 import (
     MODEL_CONFIGS,
     DepthAnythingV2,
     WeightsMismatchError,

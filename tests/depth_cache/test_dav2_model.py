@@ -7,8 +7,7 @@ import hashlib
 
 import pytest
 import torch
-
-from depth_cache.estimators.depth_anything_v2 import (
+from dgseg.depth_cache.estimators.depth_anything_v2 import (
     LEVELS,
     WeightsMismatchError,
     build_depth_anything_v2,
@@ -127,7 +126,7 @@ def test_weights_sha256_streams_the_whole_file(tmp_path):
 
 
 def test_swiglu_ffn_of_vitg_computes_silu_gate_times_value():
-    from depth_cache.estimators.dinov2 import SwiGLUFFN
+    from dgseg.depth_cache.estimators.dinov2 import SwiGLUFFN
 
     ffn = SwiGLUFFN(in_features=24, hidden_features=96)  # DINOv2 width: int(96 * 2/3) rounded up to 8 = 64
     assert ffn.w12.weight.shape == (128, 24) and ffn.w3.weight.shape == (24, 64)

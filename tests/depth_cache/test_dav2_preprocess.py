@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from depth_cache.estimators.base import Preprocess
-from depth_cache.estimators.preprocess import postprocess_depth, preprocess_images, target_size
+from dgseg.depth_cache.estimators.base import Preprocess
+from dgseg.depth_cache.estimators.preprocess import postprocess_depth, preprocess_images, target_size
 
 
 @pytest.mark.parametrize(

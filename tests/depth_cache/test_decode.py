@@ -10,14 +10,13 @@ import numpy as np
 import pytest
 import torch
 from cache_helpers import SIZES, FakeEstimator, cache_cfg, fake_fields, make_images
+from dgseg.depth_cache.decode import EncodedImage, decode_batch, default_workers, load_image
+from dgseg.depth_cache.entry import normalise_depth
+from dgseg.depth_cache.images import decode_image, records_from_json
+from dgseg.depth_cache.precompute import precompute
+from dgseg.depth_cache.reader import CacheReader
+from dgseg.depth_cache.runner import make_runner
 from PIL import Image
-
-from depth_cache.decode import EncodedImage, decode_batch, default_workers, load_image
-from depth_cache.entry import normalise_depth
-from depth_cache.images import decode_image, records_from_json
-from depth_cache.precompute import precompute
-from depth_cache.reader import CacheReader
-from depth_cache.runner import make_runner
 
 FLAVOURS = {  # name -> PIL save options
     "q75_420": dict(quality=75, subsampling=2),
@@ -86,7 +85,7 @@ def _cache(tmp_path, name, records, decoder, defer=False, threads=2):
 
 
 def _markers(reader):
-    from depth_cache.store import CacheStore
+    from dgseg.depth_cache.store import CacheStore
 
     return {k: m["checksums"] for k, m in CacheStore(reader.root, reader.key).read_markers().items()}
 
@@ -153,7 +152,7 @@ def test_unknown_decoder_is_refused(tmp_path):
 
 
 def test_network_input_batched_per_size_equals_one_image_at_a_time():
-    from depth_cache.runner import prepare_images
+    from dgseg.depth_cache.runner import prepare_images
 
     est = FakeEstimator(input_size=28)
     runner = make_runner(est, 2, 28, device="cpu", precision="fp32")

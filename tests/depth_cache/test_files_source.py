@@ -5,14 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from dgseg.depth_cache.config import CacheConfig, EstimatorConfig
+from dgseg.depth_cache.estimators import BUILDERS, build_source
+from dgseg.depth_cache.estimators.files import FilesDepth
+from dgseg.depth_cache.images import ImageRecord
+from dgseg.depth_cache.precompute import run_precompute
+from dgseg.depth_cache.reader import open_cache
 from PIL import Image
-
-from depth_cache.config import CacheConfig, EstimatorConfig
-from depth_cache.estimators import BUILDERS, build_source
-from depth_cache.estimators.files import FilesDepth
-from depth_cache.images import ImageRecord
-from depth_cache.precompute import run_precompute
-from depth_cache.reader import open_cache
 
 
 def _known_depth() -> np.ndarray:

@@ -10,12 +10,11 @@ from pathlib import Path
 
 import torch
 from cache_helpers import SIZES, make_images
-
-from depth_cache.catalog import verify_cache
-from depth_cache.config import CacheConfig, EstimatorConfig
-from depth_cache.images import records_from_json
-from depth_cache.precompute import run_precompute
-from depth_cache.reader import CacheReader, open_cache
+from dgseg.depth_cache.catalog import verify_cache
+from dgseg.depth_cache.config import CacheConfig, EstimatorConfig
+from dgseg.depth_cache.images import records_from_json
+from dgseg.depth_cache.precompute import run_precompute
+from dgseg.depth_cache.reader import CacheReader, open_cache
 
 REPO = Path(__file__).resolve().parents[2]
 SETTINGS = ["depth.estimator.input_size=28", "depth.estimator.device=cpu", "depth.cache.shard_size=2",

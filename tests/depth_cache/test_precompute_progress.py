@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import dgseg.depth_cache.precompute as precompute_module
 from cache_helpers import SIZES, FakeEstimator, cache_cfg, fake_fields, make_images
-
-import depth_cache.precompute as precompute_module
-from depth_cache.images import records_from_json
-from depth_cache.runner import make_runner
+from dgseg.depth_cache.images import records_from_json
+from dgseg.depth_cache.runner import make_runner
 
 
 class RecordingBar:

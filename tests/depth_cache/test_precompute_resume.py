@@ -13,13 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 from cache_helpers import SIZES, FakeEstimator, cache_cfg, fake_fields, make_images
-
-from depth_cache.catalog import verify_cache
-from depth_cache.images import ImageRecord, records_from_json
-from depth_cache.precompute import precompute
-from depth_cache.reader import CacheReader
-from depth_cache.runner import make_runner
-from depth_cache.store import CacheStore
+from dgseg.depth_cache.catalog import verify_cache
+from dgseg.depth_cache.images import ImageRecord, records_from_json
+from dgseg.depth_cache.precompute import precompute
+from dgseg.depth_cache.reader import CacheReader
+from dgseg.depth_cache.runner import make_runner
+from dgseg.depth_cache.store import CacheStore
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -97,9 +96,9 @@ KILL_SCRIPT = """
 import sys, json
 sys.path[:0] = [{repo!r}, {here!r}]
 from cache_helpers import FakeEstimator, cache_cfg, fake_fields
-from depth_cache.images import records_from_json
-from depth_cache.precompute import precompute
-from depth_cache.runner import make_runner
+from dgseg.depth_cache.images import records_from_json
+from dgseg.depth_cache.precompute import precompute
+from dgseg.depth_cache.runner import make_runner
 records = records_from_json({json!r}, {img!r})
 cfg = cache_cfg({root!r}, shard_size=2, batch_size=1)
 runner = make_runner(FakeEstimator(delay=0.25), 2, 28, device="cpu", precision="fp32", batch_size=1)
@@ -169,8 +168,8 @@ def test_adding_images_later_extends_the_cache_with_new_shards(tmp_path):
 
 
 def test_mismatched_weights_fail_before_any_work(tmp_path):
-    from depth_cache.config import EstimatorConfig
-    from depth_cache.precompute import run_precompute
+    from dgseg.depth_cache.config import EstimatorConfig
+    from dgseg.depth_cache.precompute import run_precompute
 
     records = _records(tmp_path, SIZES[:2])
     weights = tmp_path / "depth_anything_v2_vits.pth"

@@ -5,13 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from depth_cache.images import merge_records, records_from_json
-from depth_cache.precompute import run_precompute
-from pipeline.config import Config
-from pipeline.config_io import load_config
-from pipeline.data.splits import make_splits
-from pipeline.data.synthetic import generate_dataset
+from dgseg.depth_cache.images import merge_records, records_from_json
+from dgseg.depth_cache.precompute import run_precompute
+from dgseg.pipeline.config import Config
+from dgseg.pipeline.config.loading import load_config
+from dgseg.pipeline.data.splits import make_splits
+from dgseg.pipeline.data.synthetic import generate_dataset
 
 
 @pytest.fixture(scope="session")

@@ -14,9 +14,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # this checkout, not an installed copy
 
-import pipeline.semi.trainer as semi_trainer  # noqa: E402
-from pipeline.config_io import load_config  # noqa: E402
-from pipeline.train import train  # noqa: E402
+import dgseg.pipeline.semi.trainer as semi_trainer  # noqa: E402
+from dgseg.pipeline.config.loading import load_config  # noqa: E402
+from dgseg.pipeline.train import train  # noqa: E402
 
 
 def main() -> None:

@@ -8,8 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from pipeline.config_io import save_config
+from dgseg.pipeline.config.loading import save_config
 
 ROOT = Path(__file__).resolve().parents[2]
 ITERS_OVERFIT = 150  # about 1-2 min on 2 free cores (11 min on a loaded machine)
@@ -40,7 +39,7 @@ def test_bench_anchor_cli_runs_every_mode_and_the_project(tiny_cache, tiny_confi
     assert [r["iters"] for r in summary["rows"]] == [3, 3, 3, 3]
     assert all(r["wall_s"] > 0 and 0 <= r["AP"] <= 100 and 0 <= r["agnostic_AP"] <= 100 for r in summary["rows"])
     # the project's columns come from its trainer's last evaluation, kept; nothing predicts the val set again
-    from pipeline.evaluation import evaluate_segm, load_coco_gt
+    from dgseg.pipeline.evaluation import evaluate_segm, load_coco_gt
 
     kept = out / "project" / "final_eval"
     assert not (out / "project" / "eval").exists()
@@ -92,7 +91,7 @@ def test_bench_anchor_equal_time_sizes_the_project_run_from_the_anchor_and_a_pro
 
 
 def test_rerun_iters_rescales_only_a_run_that_missed_the_budget():
-    from bench.bench_anchor import rerun_iters
+    from dgseg.bench.bench_anchor import rerun_iters
 
     # 100 iterations took 120 s of a 100-s budget: 1.2 s/it, so 83 iterations fit
     assert rerun_iters(100.0, 100, 120.0, 0.05) == 83
@@ -102,7 +101,7 @@ def test_rerun_iters_rescales_only_a_run_that_missed_the_budget():
 
 
 def test_equal_time_needs_its_mode_among_the_runs(tiny_cache, tiny_config, tmp_path):
-    from bench.bench_anchor import equal_time_iters, run_bench
+    from dgseg.bench.bench_anchor import equal_time_iters, run_bench
 
     cfg = tiny_config(tiny_cache, tmp_path / "unused")
     with pytest.raises(ValueError, match="--equal-time depth needs that mode"):
@@ -126,11 +125,10 @@ def test_bench_anchor_refuses_an_unknown_mode(tmp_path):
 def test_rgbd_anchor_overfits_a_handful_of_scenes(tiny_config, tmp_path):
     """Learning test: Mask R-CNN with depth as a 4th channel, trained on 6 generated scenes, segments them."""
     import torch
-
-    from depth_cache.images import records_from_json
-    from depth_cache.precompute import run_precompute
-    from pipeline.baselines.loop import train_anchor
-    from pipeline.data.synthetic import generate_dataset
+    from dgseg.depth_cache.images import records_from_json
+    from dgseg.depth_cache.precompute import run_precompute
+    from dgseg.pipeline.baselines.loop import train_anchor
+    from dgseg.pipeline.data.synthetic import generate_dataset
 
     root = tmp_path / "scenes"
     generate_dataset(root, num_train=6, num_val=0, size=64, seed=5)
@@ -139,7 +137,7 @@ def test_rgbd_anchor_overfits_a_handful_of_scenes(tiny_config, tmp_path):
                       "train.warmup_iters=10", "train.log_period=10", "eval.batch_size=6")  # fmt: skip
     run_precompute(records_from_json(root / "annotations/train.json", root / "images/train"), cfg.depth.estimator,
                    cfg.depth.cache, progress=False)  # fmt: skip
-    from depth_cache.reader import open_cache
+    from dgseg.depth_cache.reader import open_cache
 
     reader = open_cache(cfg.depth.cache.root, cfg.depth.estimator, cfg.depth.cache)
     run = train_anchor(cfg, "rgbd", reader, ITERS_OVERFIT, 3, torch.device("cpu"), tmp_path / "anchor")

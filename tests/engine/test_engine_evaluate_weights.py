@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from pipeline.engine.evaluate import evaluate_checkpoint
-from pipeline.train import train
+from dgseg.pipeline.engine.evaluate import evaluate_checkpoint
+from dgseg.pipeline.train import train
 
 
 def test_evaluate_names_the_weights_it_scored(tiny_cache, tiny_config, tmp_path, capsys):

@@ -6,12 +6,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from dgseg.pipeline.config import ModelConfig, TrainConfig
+from dgseg.pipeline.config.loading import load_config
+from dgseg.pipeline.engine.optim import build_scheduler, lr_factor, milestones, param_groups, stage_schedule
+from dgseg.pipeline.semi.trainer import stage_schedules
 from torch import nn
-
-from pipeline.config import ModelConfig, TrainConfig
-from pipeline.config_io import load_config
-from pipeline.engine.optim import build_scheduler, lr_factor, milestones, param_groups, stage_schedule
-from pipeline.semi.trainer import stage_schedules
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -70,7 +69,7 @@ def test_the_logged_lr_follows_each_stage_of_a_run(tiny_cache, tiny_config, tmp_
     of 3) and at absolute iteration 4 (stage B's step 1). Old code: unknown key / no decay in B."""
     import json
 
-    from pipeline.train import train
+    from dgseg.pipeline.train import train
 
     common = ["train.max_iter=6", "semi.enabled=true", "semi.teacher_iters=3", "semi.burn_in_iter=1",
               "semi.score_threshold=0.0", "train.warmup_iters=0", "train.schedule=step", "train.checkpoint_period=0"]
@@ -86,7 +85,7 @@ def test_the_logged_lr_follows_each_stage_of_a_run(tiny_cache, tiny_config, tmp_
 
 
 def test_the_student_optimiser_starts_at_its_own_peak_rate():
-    from pipeline.engine.optim import build_optimizer
+    from dgseg.pipeline.engine.optim import build_optimizer
 
     cfg = load_config(None, ["semi.enabled=true", "semi.teacher_iters=100", "train.max_iter=300", "train.lr=0.002",
                              "semi.student_lr_mult=0.1", "train.backbone_lr_mult=0.5"])
@@ -98,7 +97,7 @@ def test_the_student_optimiser_starts_at_its_own_peak_rate():
 
 
 def _model_with_every_kind_of_parameter() -> nn.Module:
-    from pipeline.model.build import build_model
+    from dgseg.pipeline.model.build import build_model
 
     cfg = ModelConfig(hidden_dim=32, mask_dim=32, num_queries=4, nheads=2, dim_feedforward=64, dec_layers=2,
                       enc_layers=1, backbone_norm="batch")
@@ -132,7 +131,7 @@ def test_weight_decay_groups_follow_mask2former():
 
 
 def test_frozen_backbone_norms_are_left_out_of_the_optimiser():
-    from pipeline.model.build import build_model
+    from dgseg.pipeline.model.build import build_model
 
     cfg = ModelConfig(hidden_dim=32, mask_dim=32, num_queries=4, nheads=2, dim_feedforward=64, dec_layers=2,
                       enc_layers=1, backbone_norm="frozen")
@@ -164,7 +163,7 @@ def test_a_stage_a_only_run_trains_the_teacher_that_a_later_stage_b_starts_from(
     stage B from their checkpoint. Old code: 'stage B would start at iteration 3 but train.max_iter is 3'."""
     import json
 
-    from pipeline.train import train
+    from dgseg.pipeline.train import train
 
     cfg = load_config(None, ["semi.enabled=true", "semi.teacher_iters=300", "train.max_iter=300"])
     assert set(stage_schedules(cfg)) == {"A"} and stage_schedules(cfg)["A"].max_iter == 300

@@ -13,15 +13,14 @@ import numpy as np
 import pytest
 import timm
 import torch
+from dgseg.depth_cache.images import merge_records, records_from_json
+from dgseg.depth_cache.precompute import run_precompute
+from dgseg.pipeline.config.loading import load_config
+from dgseg.pipeline.data.splits import make_splits
+from dgseg.pipeline.engine.checkpoint import load_checkpoint
+from dgseg.pipeline.engine.evaluate import evaluate_checkpoint
+from dgseg.pipeline.train import train
 from PIL import Image
-
-from depth_cache.images import merge_records, records_from_json
-from depth_cache.precompute import run_precompute
-from pipeline.config_io import load_config
-from pipeline.data.splits import make_splits
-from pipeline.engine.checkpoint import load_checkpoint
-from pipeline.engine.evaluate import evaluate_checkpoint
-from pipeline.train import train
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 COCO_IDS = [i for i in range(1, 91) if i not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83)]

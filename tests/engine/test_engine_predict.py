@@ -7,15 +7,14 @@ import json
 import numpy as np
 import pytest
 import torch
+from dgseg.pipeline.engine.evaluate import evaluate_checkpoint
+from dgseg.pipeline.engine.predict import predict_images
+from dgseg.pipeline.engine.predictor import Prediction, Predictor
+from dgseg.pipeline.evaluation.results import decode_masks
+from dgseg.pipeline.model.build import build_model
+from dgseg.pipeline.train import train
 from PIL import Image
 from pycocotools.coco import COCO
-
-from pipeline.engine.evaluate import evaluate_checkpoint
-from pipeline.engine.predict import predict_images
-from pipeline.engine.predictor import Prediction, Predictor
-from pipeline.evaluation.results import decode_masks
-from pipeline.model.build import build_model
-from pipeline.train import train
 
 
 def test_evaluate_writes_coco_results_and_predict_draws(tiny_cache, tiny_config, tmp_path):
@@ -98,9 +97,8 @@ def test_predictor_returns_predictions_in_memory(tiny_cache, tiny_config, tmp_pa
 
 def test_predict_says_which_images_have_nothing_above_the_threshold(tiny_cache, tiny_config, tmp_path):
     from click.testing import CliRunner
-
-    import cli
-    from pipeline.config_io import save_config
+    from dgseg import cli
+    from dgseg.pipeline.config.loading import save_config
 
     cfg = tiny_config(tiny_cache, tmp_path / "run", "train.device=cpu")
     save_config(cfg, tmp_path / "config.yaml")

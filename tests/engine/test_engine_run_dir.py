@@ -8,9 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from pipeline.engine.checkpoint import LAST
-from pipeline.engine.run_dir import RunDirError, prepare_run_dir
+from dgseg.pipeline.engine.checkpoint import LAST
+from dgseg.pipeline.engine.run_dir import RunDirError, prepare_run_dir
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -68,7 +67,7 @@ def test_train_command_refuses_a_folder_with_a_run(tmp_path):
 
 
 def test_overwrite_then_train_starts_afresh(tiny_cache, tiny_config, tmp_path):
-    from pipeline.train import train
+    from dgseg.pipeline.train import train
 
     run = tmp_path / "run"
     _old_run(run)

@@ -4,17 +4,16 @@ import itertools
 
 import pytest
 import torch
-
-from pipeline.config import TrainConfig
-from pipeline.engine.checkpoint import (
+from dgseg.pipeline.config import TrainConfig
+from dgseg.pipeline.engine.checkpoint import (
     CheckpointError,
     last_checkpoint,
     load_checkpoint,
     load_model_state,
     save_checkpoint,
 )
-from pipeline.engine.optim import lr_factor
-from pipeline.engine.sampler import ResumableBatchSampler, SeededDataset
+from dgseg.pipeline.engine.optim import lr_factor
+from dgseg.pipeline.engine.sampler import ResumableBatchSampler, SeededDataset
 
 
 def take(sampler, n):
@@ -100,7 +99,7 @@ def test_lr_schedule():
 
 
 def test_periodic_work_schedule():
-    from pipeline.engine.trainer import due
+    from dgseg.pipeline.engine.trainer import due
 
     assert [s for s in range(1, 11) if due(s, 4, 10)] == [4, 8, 10]
     assert [s for s in range(1, 11) if due(s, 0, 10)] == [10]  # period 0 = only at the end, no crash

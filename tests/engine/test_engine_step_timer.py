@@ -6,10 +6,9 @@ from __future__ import annotations
 import time
 
 import torch
+from dgseg.pipeline.engine.step_timer import StepTimer
+from dgseg.pipeline.train import train
 from test_engine_train import log_rows, losses_by_iter
-
-from pipeline.engine.step_timer import StepTimer
-from pipeline.train import train
 
 STAGE_B_PARTS = {"labelled", "teacher", "pseudo_labels", "augment", "student_forward", "unsup_loss", "matching",
                  "controller", "backward_step", "ema", "depth"}

@@ -7,10 +7,9 @@ import shutil
 
 import pytest
 import torch
-
-from pipeline.engine.checkpoint import LAST, load_checkpoint
-from pipeline.engine.context import NonFiniteLoss
-from pipeline.train import train
+from dgseg.pipeline.engine.checkpoint import LAST, load_checkpoint
+from dgseg.pipeline.engine.context import NonFiniteLoss
+from dgseg.pipeline.train import train
 
 
 def log_rows(run_dir) -> list[dict]:
@@ -61,8 +60,8 @@ def test_resume_gives_the_same_losses(tiny_cache, tiny_config, tmp_path, semi):
 
 
 def test_cache_mode_never_builds_an_estimator(tiny_cache, tiny_config, tmp_path, monkeypatch):
-    import depth_cache.estimators as registry
-    from depth_cache.estimators import base, files
+    import dgseg.depth_cache.estimators as registry
+    from dgseg.depth_cache.estimators import base, files
 
     def refuse(*args, **kwargs):
         raise AssertionError("a depth estimator was built during training in cache mode")
@@ -77,7 +76,7 @@ def test_cache_mode_never_builds_an_estimator(tiny_cache, tiny_config, tmp_path,
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tiny_cache, tiny_config, tmp_path, monkeypatch):
-    from pipeline.model.criterion import SetCriterion
+    from dgseg.pipeline.model.criterion import SetCriterion
 
     calls = {"n": 0}
     original = SetCriterion.forward
@@ -98,7 +97,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tiny_cache, tiny_co
 
 
 def test_refuses_a_cache_made_by_other_settings(tiny_cache, tiny_config, tmp_path):
-    from depth_cache.reader import CacheKeyMismatchError
+    from dgseg.depth_cache.reader import CacheKeyMismatchError
 
     cfg = tiny_config(tiny_cache, tmp_path / "run", "train.max_iter=1", "depth.cache.dtype=int8")
     with pytest.raises(CacheKeyMismatchError, match="dtype"):
@@ -106,7 +105,7 @@ def test_refuses_a_cache_made_by_other_settings(tiny_cache, tiny_config, tmp_pat
 
 
 def test_teacher_checkpoint_of_another_architecture_is_refused(tiny_cache, tiny_config, tmp_path):
-    from pipeline.engine.checkpoint import CheckpointError
+    from dgseg.pipeline.engine.checkpoint import CheckpointError
 
     teacher_run = tmp_path / "teacher"
     train(tiny_config(tiny_cache, teacher_run, "train.max_iter=1", "model.num_queries=4"))
@@ -135,7 +134,7 @@ def test_two_processes_share_the_controller_weight_and_resume_exactly(tiny_cache
     """A 2-process gloo run (torchrun, CPU): the Depth Controller's w is the same on both ranks at every
     step (its statistics are summed over processes), and a run killed after iteration 4 and resumed
     ends with the weights of the uninterrupted run (each process resumes its own RNG stream)."""
-    from pipeline.config_io import save_config
+    from dgseg.pipeline.config.loading import save_config
 
     over = ["train.max_iter=6", "semi.enabled=true", "semi.teacher_iters=2", "semi.burn_in_iter=1",
             "semi.score_threshold=0.0", "semi.ema_decay=0.5"]
@@ -164,7 +163,7 @@ def test_two_processes_share_the_controller_weight_and_resume_exactly(tiny_cache
 
 
 def test_evaluate_records_which_weights_teacher_student_or_both(tiny_cache, tiny_config, tmp_path):
-    from pipeline.engine.evaluate import evaluate_checkpoint
+    from dgseg.pipeline.engine.evaluate import evaluate_checkpoint
 
     run = tmp_path / "run"
     cfg = tiny_config(tiny_cache, run, "train.max_iter=2", "semi.enabled=true", "semi.teacher_iters=1",

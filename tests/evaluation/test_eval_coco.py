@@ -10,14 +10,9 @@ import math
 import numpy as np
 import pytest
 import torch
-from pycocotools import mask as mask_util
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
-from scipy import ndimage
-
-from pipeline.evaluation.coco_eval import MAIN_METRICS, coco_from_dict, evaluate_segm, format_table, save_metrics
-from pipeline.evaluation.evaluator import Evaluator
-from pipeline.evaluation.results import (
+from dgseg.pipeline.evaluation.coco_eval import MAIN_METRICS, coco_from_dict, evaluate_segm, format_table, save_metrics
+from dgseg.pipeline.evaluation.evaluator import Evaluator
+from dgseg.pipeline.evaluation.results import (
     category_names,
     contiguous_category_ids,
     decode_masks,
@@ -26,6 +21,10 @@ from pipeline.evaluation.results import (
     prediction_to_results,
     save_results,
 )
+from pycocotools import mask as mask_util
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+from scipy import ndimage
 
 CATEGORIES = [{"id": 9, "name": "cup"}, {"id": 1, "name": "box"}, {"id": 5, "name": "ball"}]  # unsorted on purpose
 SIZES = [(160, 200), (120, 96), (200, 180), (64, 80), (150, 150), (100, 140)]
@@ -312,7 +311,7 @@ def test_class_agnostic_ap_scores_masks_apart_from_their_classes():
 
 
 def test_instance_class_hits_tell_missed_instances_from_wrong_classes():
-    from pipeline.evaluation.class_hits import instance_class_hits
+    from dgseg.pipeline.evaluation.class_hits import instance_class_hits
 
     coco, inst = make_gt()
     n = sum(len(v) for v in inst.values())
@@ -461,7 +460,7 @@ def test_evaluator_gathers_results_across_processes(tmp_path):
 
 
 def test_malformed_files_are_clear_errors(tmp_path):
-    from pipeline.evaluation.coco_eval import load_coco_gt
+    from dgseg.pipeline.evaluation.coco_eval import load_coco_gt
 
     bad = tmp_path / "bad.json"
     bad.write_text('[{"image_id": 1,')

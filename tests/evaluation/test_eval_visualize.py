@@ -7,10 +7,9 @@ import json
 import numpy as np
 import pytest
 import torch
+from dgseg.pipeline.evaluation.pil_plot import SERIES_COLORS, Panel, nice_ticks, render_panels
+from dgseg.pipeline.evaluation.visualize import curve_series, draw_instances, plot_curves, read_log, save_instances_png
 from PIL import Image
-
-from pipeline.evaluation.pil_plot import SERIES_COLORS, Panel, nice_ticks, render_panels
-from pipeline.evaluation.visualize import curve_series, draw_instances, plot_curves, read_log, save_instances_png
 
 
 def _scene():
@@ -157,10 +156,9 @@ def _two_stage_log(path):
 
 
 def test_curves_mark_stage_b_plot_the_student_and_keep_the_weight_axis_wide(tmp_path):
+    from dgseg.pipeline.evaluation.pil_plot import y_range
+    from dgseg.pipeline.evaluation.visualize import curves_figure, stage_b_start
     from matplotlib.figure import Figure
-
-    from pipeline.evaluation.pil_plot import y_range
-    from pipeline.evaluation.visualize import curves_figure, stage_b_start
 
     records = read_log(_two_stage_log(tmp_path / "log.jsonl"))
     assert stage_b_start(records) == 100
@@ -185,7 +183,7 @@ def test_curves_mark_stage_b_plot_the_student_and_keep_the_weight_axis_wide(tmp_
 
 
 def test_pil_chart_draws_the_stage_marker(tmp_path):
-    from pipeline.evaluation.pil_plot import render_panels
+    from dgseg.pipeline.evaluation.pil_plot import render_panels
 
     panels = curve_series(read_log(_two_stage_log(tmp_path / "log.jsonl")))
     plain = [type(p)(p.title, p.series, p.min_span, p.bounds) for p in panels]

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import timm
 import torch
-
-from pipeline.model.backbone import Backbone
+from dgseg.pipeline.model.backbone import Backbone
 
 
 def test_resnet18_levels_channels_and_strides():
@@ -104,7 +103,7 @@ def test_norm_option_and_random_init_default():
 def test_paper_configs_build_a_frozen_backbone():
     from pathlib import Path
 
-    from pipeline.config_io import load_config
+    from dgseg.pipeline.config.loading import load_config
 
     configs = Path(__file__).resolve().parents[2] / "configs"
     for name in ("coco_base.yaml", "cityscapes_base.yaml"):

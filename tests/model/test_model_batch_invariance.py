@@ -16,18 +16,17 @@ from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "depth_cache"))
 from cache_helpers import make_images  # noqa: E402
-
-from depth_cache.config import CacheConfig, EstimatorConfig  # noqa: E402
-from depth_cache.images import records_from_json  # noqa: E402
-from depth_cache.precompute import run_precompute  # noqa: E402
-from depth_cache.reader import open_cache  # noqa: E402
-from pipeline.config import EvalConfig, ModelConfig  # noqa: E402
-from pipeline.data.collate import collate  # noqa: E402
-from pipeline.data.dataset import UnlabeledDataset  # noqa: E402
-from pipeline.data.transforms import build_test_transforms  # noqa: E402
-from pipeline.engine.depth_source import DepthProvider  # noqa: E402
-from pipeline.engine.inference import predict_loader  # noqa: E402
-from pipeline.model.build import build_model  # noqa: E402
+from dgseg.depth_cache.config import CacheConfig, EstimatorConfig  # noqa: E402
+from dgseg.depth_cache.images import records_from_json  # noqa: E402
+from dgseg.depth_cache.precompute import run_precompute  # noqa: E402
+from dgseg.depth_cache.reader import open_cache  # noqa: E402
+from dgseg.pipeline.config import EvalConfig, ModelConfig  # noqa: E402
+from dgseg.pipeline.data.collate import collate  # noqa: E402
+from dgseg.pipeline.data.dataset import UnlabeledDataset  # noqa: E402
+from dgseg.pipeline.data.transforms import build_test_transforms  # noqa: E402
+from dgseg.pipeline.engine.depth_source import DepthProvider  # noqa: E402
+from dgseg.pipeline.engine.inference import predict_loader  # noqa: E402
+from dgseg.pipeline.model.build import build_model  # noqa: E402
 
 # (H, W) on disk; at test size 64: 64x85, 85x64 (portrait), 64x91, 64x64 (no padding alone),
 # 64x160 (wide), 112x64 (tall)

@@ -5,9 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-
-from pipeline.model.criterion import SetCriterion
-from pipeline.model.matcher import HungarianMatcher
+from dgseg.pipeline.model.criterion import SetCriterion
+from dgseg.pipeline.model.matcher import HungarianMatcher
 
 WEIGHTS = {"loss_ce": 2.0, "loss_mask": 5.0, "loss_dice": 5.0}
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from pipeline.config import ModelConfig
-from pipeline.model.build import build_model
-from pipeline.model.depth_fusion import DepthFusion
+from dgseg.pipeline.config import ModelConfig
+from dgseg.pipeline.model.build import build_model
+from dgseg.pipeline.model.depth_fusion import DepthFusion
 
 BACKBONE = {"res2": 16, "res3": 24, "res4": 32, "res5": 40}
 

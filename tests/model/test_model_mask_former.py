@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from pipeline.config import ModelConfig
-from pipeline.model.build import build_criterion, build_model
+from dgseg.pipeline.config import ModelConfig
+from dgseg.pipeline.model.build import build_criterion, build_model
 
 
 def _cfg(**kw) -> ModelConfig:

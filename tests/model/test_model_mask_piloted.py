@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import torch
+from dgseg.pipeline.model.build import build_criterion, build_model
+from dgseg.pipeline.model.mask_former import pilot_targets
+from dgseg.pipeline.model.transformer_decoder import MaskedTransformerDecoder, pilot_self_mask
 
-from pipeline.model.build import build_criterion, build_model
-from pipeline.model.mask_former import pilot_targets
-from pipeline.model.transformer_decoder import MaskedTransformerDecoder, pilot_self_mask
 from tests.model.test_model_overfit import make_scenes, small_config, train_and_score
 
 

@@ -7,8 +7,7 @@ import itertools
 import pytest
 import torch
 import torch.nn.functional as F
-
-from pipeline.model.matcher import HungarianMatcher
+from dgseg.pipeline.model.matcher import HungarianMatcher
 
 
 def _case(g, q, n, k=3, h=6, w=8):
@@ -125,7 +124,7 @@ def test_batched_costs_equal_the_per_image_costs():
 
 
 def test_losses_from_batched_and_per_image_matching_are_equal():
-    from pipeline.model.criterion import SetCriterion
+    from dgseg.pipeline.model.criterion import SetCriterion
 
     g = torch.Generator().manual_seed(5)
     logits, masks, targets = _batch(g, counts=(2, 4, 0, 6))

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import torch
-
-from pipeline.model.ms_deform_attn import MSDeformAttn, ms_deform_attn_core
-from pipeline.model.pixel_decoder import MSDeformAttnPixelDecoder
+from dgseg.pipeline.model.ms_deform_attn import MSDeformAttn, ms_deform_attn_core
+from dgseg.pipeline.model.pixel_decoder import MSDeformAttnPixelDecoder
 
 
 def _bilinear_zero_pad(img: torch.Tensor, x: float, y: float) -> torch.Tensor:

@@ -13,13 +13,12 @@ import io
 import numpy as np
 import pytest
 import torch
+from dgseg.pipeline.config import ModelConfig
+from dgseg.pipeline.model.build import build_criterion, build_model
+from dgseg.pipeline.model.postprocess import postprocess
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
-
-from pipeline.config import ModelConfig
-from pipeline.model.build import build_criterion, build_model
-from pipeline.model.postprocess import postprocess
 
 COLOURS = np.array([[220, 50, 50], [50, 200, 60], [60, 80, 230]], np.float32) / 255
 
@@ -200,7 +199,7 @@ def _small_preset_scenes(n: int, size: int, seed: int):
     """Scenes of the generator's small-object preset (objects on a ground plane, distractors, 4 classes):
     images, targets (labels 0..3) and the normalised depth (1 = nearest) pooled to stride 4, as the
     `files` source caches it (depth_s4)."""
-    from pipeline.data.synthetic import PRESETS, render_scene
+    from dgseg.pipeline.data.synthetic import PRESETS, render_scene
 
     rng = np.random.default_rng(seed)
     images, targets, depths = [], [], []

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from pipeline.model.postprocess import masks_to_boxes, matrix_nms_decay, postprocess
+from dgseg.pipeline.model.postprocess import masks_to_boxes, matrix_nms_decay, postprocess
 
 
 def _logits_for(mask_hw: torch.Tensor) -> torch.Tensor:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from dgseg.pipeline.model.build import build_criterion
+from dgseg.pipeline.model.criterion import split_groups
+from dgseg.pipeline.model.transformer_decoder import MaskedTransformerDecoder
 
-from pipeline.model.build import build_criterion
-from pipeline.model.criterion import split_groups
-from pipeline.model.transformer_decoder import MaskedTransformerDecoder
 from tests.model.test_model_overfit import make_scenes, small_config, train_and_score
 from tests.model.test_model_query_init import _inputs
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from pipeline.model.transformer_decoder import MaskedTransformerDecoder
+from dgseg.pipeline.model.transformer_decoder import MaskedTransformerDecoder
 
 
 def _decoder(query_init: str, num_queries: int = 4) -> MaskedTransformerDecoder:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from dgseg.pipeline.model.build import build_criterion, build_model
+from dgseg.pipeline.model.roi_classifier import MaskRoIClassifier, mask_boxes, roi_grid
 from torchvision.ops import roi_align
 
-from pipeline.model.build import build_criterion, build_model
-from pipeline.model.roi_classifier import MaskRoIClassifier, mask_boxes, roi_grid
 from tests.model.test_model_overfit import make_scenes, small_config, train_and_score
 
 
@@ -116,7 +116,7 @@ def test_overfits_scenes_whose_classes_share_one_colour():
 
 def test_image_extent_and_valid_ratios_read_the_same_padding():
     """mask_boxes clips to `image_extent`; the encoder's reference points scale by `valid_ratios`: one padding."""
-    from pipeline.model.padding import image_extent, valid_ratios
+    from dgseg.pipeline.model.padding import image_extent, valid_ratios
 
     pad = torch.ones(2, 6, 10, dtype=torch.bool)
     pad[0, :4, :7] = False  # 7 x 4 cells of image, padded bottom/right

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from dgseg.pipeline.model.build import build_criterion, build_model
+from dgseg.pipeline.model.criterion import point_classes
 
-from pipeline.model.build import build_criterion, build_model
-from pipeline.model.criterion import point_classes
 from tests.model.test_model_overfit import make_scenes, small_config, train_and_score
 
 

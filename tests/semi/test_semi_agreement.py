@@ -2,8 +2,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from pipeline.semi.agreement import agreement_counts, count_matches, pseudo_label_agreement
+from dgseg.pipeline.semi.agreement import agreement_counts, count_matches, pseudo_label_agreement
 
 W = 100  # masks are intervals on a 1 x W strip, so IoUs are easy to read
 
@@ -70,7 +69,7 @@ def test_mismatched_batch_is_an_error():
 
 
 def test_batched_counts_equal_the_per_image_counts():
-    from pipeline.semi.agreement import batch_count_matches
+    from dgseg.pipeline.semi.agreement import batch_count_matches
 
     g = torch.Generator().manual_seed(2)
     rgb, depth = [], []

@@ -7,9 +7,8 @@ from itertools import pairwise
 
 import pytest
 import torch
-
-from pipeline.config import ControllerConfig
-from pipeline.semi.depth_controller import (
+from dgseg.pipeline.config import ControllerConfig
+from dgseg.pipeline.semi.depth_controller import (
     AdaptiveController,
     ConstantController,
     ScheduledController,

@@ -2,8 +2,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from pipeline.semi.depth_view import _quantile_sorted, render_depth_view
+from dgseg.pipeline.semi.depth_view import _quantile_sorted, render_depth_view
 
 
 def _depth(B=2, H=12, W=16, seed=0):
@@ -102,9 +101,9 @@ def test_depth_view_loss_weight_is_a_config_value():
     """`semi.depth_view_weight` scales the labelled depth-view terms (both stages use `supervised_losses`)."""
     from types import SimpleNamespace
 
-    from pipeline.config import Config
-    from pipeline.model.build import build_criterion, build_model
-    from pipeline.semi.trainer import supervised_losses
+    from dgseg.pipeline.config import Config
+    from dgseg.pipeline.model.build import build_criterion, build_model
+    from dgseg.pipeline.semi.trainer import supervised_losses
 
     cfg = Config()
     cfg.model.depth_fusion.enabled = False

@@ -2,9 +2,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from dgseg.pipeline.semi.ema import copy_student_to_teacher, ema_update, make_teacher
 from torch import nn
-
-from pipeline.semi.ema import copy_student_to_teacher, ema_update, make_teacher
 
 
 class Tiny(nn.Module):

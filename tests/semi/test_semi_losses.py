@@ -2,8 +2,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from pipeline.semi.losses import combine_unsup_losses, loss_value
+from dgseg.pipeline.semi.losses import combine_unsup_losses, loss_value
 
 
 def _losses(scale: float, requires_grad: bool = False):

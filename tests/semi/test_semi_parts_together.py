@@ -6,13 +6,12 @@ import math
 
 import pytest
 import torch
-
-from pipeline.config import ControllerConfig, ModelConfig
-from pipeline.model.build import build_criterion
-from pipeline.semi.agreement import pseudo_label_agreement
-from pipeline.semi.depth_controller import build_controller
-from pipeline.semi.losses import combine_unsup_losses, loss_value
-from pipeline.semi.pseudo_labels import make_pseudo_labels
+from dgseg.pipeline.config import ControllerConfig, ModelConfig
+from dgseg.pipeline.model.build import build_criterion
+from dgseg.pipeline.semi.agreement import pseudo_label_agreement
+from dgseg.pipeline.semi.depth_controller import build_controller
+from dgseg.pipeline.semi.losses import combine_unsup_losses, loss_value
+from dgseg.pipeline.semi.pseudo_labels import make_pseudo_labels
 
 B, Q, K, H, W = 2, 6, 3, 32, 32
 
@@ -59,7 +58,7 @@ def test_pseudo_labels_feed_the_criterion_and_the_controller(confident):
 
 
 def _measure_and_update(controller, criterion, rgb, depth, student, step, class_aware=True):
-    from pipeline.semi.depth_controller import finish_measurements, measure_step
+    from dgseg.pipeline.semi.depth_controller import finish_measurements, measure_step
 
     raw = measure_step(rgb, depth, criterion(student, rgb), criterion(student, depth), class_aware=class_aware)
     return controller.update(step, finish_measurements(raw))
@@ -92,7 +91,7 @@ def test_a_lopsided_batch_measures_only_the_images_with_two_sets():
     rgb = make_pseudo_labels(out, (H, W), valid)
     depth = make_pseudo_labels(_teacher_outputs(True, 0), (H, W), valid)
     assert [len(t["labels"]) for t in rgb] == [2, 1] and [len(t["labels"]) for t in depth] == [2, 0]
-    from pipeline.semi.depth_controller import finish_measurements, measure_step
+    from dgseg.pipeline.semi.depth_controller import finish_measurements, measure_step
 
     student = _student_outputs()
     stats = finish_measurements(measure_step(rgb, depth, criterion(student, rgb), criterion(student, depth)))
@@ -109,7 +108,7 @@ def test_class_agnostic_agreement_matches_instances_whatever_their_class():
     other = _teacher_outputs(True, 0)
     other["pred_logits"][0, :2, 2] = 9.0  # same masks, class 2 instead of 1
     depth = make_pseudo_labels(other, (H, W), valid)
-    from pipeline.semi.depth_controller import finish_measurements, measure_step
+    from dgseg.pipeline.semi.depth_controller import finish_measurements, measure_step
 
     student = _student_outputs()
     lr, ld = criterion(student, rgb), criterion(student, depth)

@@ -4,8 +4,7 @@ import math
 
 import pytest
 import torch
-
-from pipeline.semi.pseudo_label_quality import pseudo_label_counts, summarise
+from dgseg.pipeline.semi.pseudo_label_quality import pseudo_label_counts, summarise
 
 
 def _masks(*boxes, size=8):

@@ -4,10 +4,9 @@ import math
 
 import pytest
 import torch
-
-from pipeline.config import SemiConfig
-from pipeline.model.postprocess import mask_iou
-from pipeline.semi.pseudo_labels import PseudoLabeler, make_pseudo_labels, per_image_pseudo_labels
+from dgseg.pipeline.config import SemiConfig
+from dgseg.pipeline.model.postprocess import mask_iou
+from dgseg.pipeline.semi.pseudo_labels import PseudoLabeler, make_pseudo_labels, per_image_pseudo_labels
 
 H = W = 8  # canvas; mask logits come at H/2 x W/2
 BIG = 10.0

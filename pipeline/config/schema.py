@@ -1,7 +1,7 @@
 """The one `Config` tree that reaches every stage.
 
 Plain dataclasses with typed fields and defaults; YAML files in `configs/` are mapped onto
-them by `pipeline.config_io.load_config`, which rejects unknown keys and wrong types and
+them by `pipeline.config.loading.load_config`, which rejects unknown keys and wrong types and
 checks every value against its declared range. Builders take explicit keyword arguments and
 read the tree in one place (`from_config` style), so a module can be built in a test without
 any config.
@@ -11,25 +11,15 @@ Adding a field: declare it with `setting(default, help="one line: what it means"
 `range` is required for every numeric field (int, float, their Optional and list forms) and is
 an interval in the usual notation, checked at load time with the key and its source named:
 "[1, inf)" (at least 1), "(0, inf)" (positive), "[0, 1]", "[0, 1)" ... Checks that involve
-several fields (min <= max, schedule lengths) live in `pipeline/config_check.py`.
+several fields (min <= max, schedule lengths) live in `pipeline/config/checks.py`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional
+from typing import Literal, Optional
 
-from depth_cache.config import DepthConfig
-
-
-def setting(default: Any = None, *, help: str, range: Optional[str] = None,  # noqa: A002 - the natural names
-            factory: Optional[Callable[[], Any]] = None) -> Any:
-    """A dataclass field with its one-line meaning and, for numbers, its valid interval."""
-    meta = {"help": help} if range is None else {"help": help, "range": range}
-    if factory is not None:
-        return field(default_factory=factory, metadata=meta)
-    return field(default=default, metadata=meta)
+from dgseg.depth_cache.config import DepthConfig, setting
 
 
 @dataclass

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pipeline.config_check import leaf_fields
-from pipeline.config_io import ResolvedConfig
+from dgseg.pipeline.config.checks import leaf_fields
+from dgseg.pipeline.config.loading import ResolvedConfig
 
 
 def _fmt(value: Any) -> str:

@@ -2,7 +2,7 @@
 
 Every error names the dotted key and where its value came from (the YAML file that set it, or
 the command-line override), and is raised at load time: an unknown key, a value of the wrong
-type or out of its declared range (`pipeline.config_check`), fields that contradict each other,
+type or out of its declared range (`pipeline.config.checks`), fields that contradict each other,
 a missing file. Schedules that load but defeat their purpose (a burn-in longer than stage B, ...)
 give `ConfigWarning`s. A YAML file may start from another with `base: other.yaml` (resolved
 relative to the file); keys then override the base's.
@@ -20,12 +20,11 @@ from pathlib import Path
 from typing import Any, Literal, Union
 
 import yaml
+from dgseg.pipeline.config.checks import ConfigError, ConfigWarning, check_config
+from dgseg.pipeline.config.schema import Config
 
-from pipeline.config import Config
-from pipeline.config_check import ConfigError, ConfigWarning, check_config
-
-__all__ = ["ConfigError", "ConfigWarning", "ResolvedConfig", "load_config", "resolve_config", "from_dict",
-           "to_dict", "save_config"]
+__all__ = ["ConfigError", "ConfigWarning", "ResolvedConfig", "config_path", "load_config", "resolve_config",
+           "from_dict", "shipped_configs", "to_dict", "save_config"]
 
 _FLOAT_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 DEFAULT = "default"
@@ -51,12 +50,35 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
     return resolved.config
 
 
+SHIPPED = Path(__file__).resolve().parents[2] / "configs"  # dgseg/configs, in a checkout and when installed
+
+
+def shipped_configs() -> list[str]:
+    """The names of the configs that ship with the package (`configs/NAME.yaml`)."""
+    return sorted(p.stem for p in SHIPPED.glob("*.yaml"))
+
+
+def config_path(path: str | Path) -> Path:
+    """A YAML file as given, else the shipped config of that name (`coco_5pct` or `coco_5pct.yaml`)."""
+    given = Path(path)
+    if given.is_file() or given.parent != Path("."):
+        return given
+    shipped = SHIPPED / (given.name if given.suffix in (".yaml", ".yml") else f"{given.name}.yaml")
+    if shipped.is_file():
+        return shipped
+    raise ConfigError(f"config file not found: {path} (neither a file nor a shipped config: "
+                      f"{', '.join(shipped_configs())})")
+
+
 def resolve_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> ResolvedConfig:
-    """`load_config` that also returns where each key came from and the warnings (not emitted)."""
+    """`load_config` that also returns where each key came from and the warnings (not emitted).
+
+    `path`: a YAML file, or the name of a shipped config (`dgseg config show --config coco_5pct`)."""
     raw: dict[str, Any] = {}
     origins: dict[str, str] = {}
     if path is not None:
-        raw = _read_yaml_with_base(Path(path), seen=(), origins=origins)
+        path = config_path(path)
+        raw = _read_yaml_with_base(path, seen=(), origins=origins)
     for item in overrides:
         key, value = _parse_override(item)
         _set_dotted(raw, key, value)
