@@ -1,4 +1,4 @@
-"""Overlay validation AP (and the controller weight) of several runs: the README's convergence plot.
+"""Overlay validation AP (and the controller weight) of several runs: the convergence plots of docs/results.md.
 
 python scripts/plot_runs.py OUT.png LABEL=RUN_DIR[:OFFSET][,RUN_DIR[:OFFSET]] ...
 (OFFSET shifts a run's iterations, e.g. 600 for a stage-B run started from a 600-iteration teacher;

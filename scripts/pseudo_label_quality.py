@@ -10,7 +10,7 @@ N (default 400). Each rule is `semi.pseudo_mask_score_power:semi.score_threshold
 then 0:0.3, 0:0.8, 8:0.1, 8:0.2, 8:0.3); the other filter settings are the run's. Views: RGB, and the
 depth view when the run's teacher makes depth pseudo-labels. Prints per view and rule: pseudo-labels
 kept per image, precision (mask IoU >= 0.5 with an instance of their class), on an object (of any
-class) and recall (instances covered by a right pseudo-label). README, "Pseudo-labels by mask confidence".
+class) and recall (instances covered by a right pseudo-label). docs/results.md, "Pseudo-labels by mask confidence".
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's results tables on the generated RGB-D datasets (CPU, 1 thread per run, two runs at a
+# The results tables of docs/results.md on the generated RGB-D datasets (CPU, 1 thread per run, two runs at a
 # time on two cores), with the demo configs' recipe and budget.
 # Usage: bash scripts/results.sh [--preset default|small] [MODE] PCT ...   (default: --preset default, 5)
 # PRESET picks configs/demo.yaml (data/synthetic) or configs/demo_small.yaml (data/synthetic_small,
@@ -17,7 +17,7 @@
 #                   Controller), its stage B again with train.seed=1 (the stage-B spread), and the
 #                   anchor: torchvision Mask R-CNN R18-FPN on RGB + depth (4th channel) for
 #                   ANCHOR_ITERS (390) iterations, about the supervised rows' training time alone on
-#                   this CPU (its step costs 1.8x the project's: README, "Anchor").
+#                   this CPU (its step costs 1.8x the project's: docs/benchmarks.md, "Anchor").
 #   --ablation      + Depth Fusion teacher-student (RGB teacher) and depth pseudo-labels at a
 #                   constant w = 0.5, from the table's teachers.
 #   --controller    Depth Controller ablations from the full method's stage-A teacher (constant
@@ -26,7 +26,7 @@
 #   --pseudo-mask PCT [SEED]  stage B of the full method with pseudo-labels by mask confidence
 #                   (semi.pseudo_mask_score_power=8 semi.score_threshold=0.2; README), train.seed=SEED
 #                   (default 0): runs B_plm_PCT, B_plm_PCT_seedSEED.
-#   --targets PCT   only the rows the issue's 5 % targets compare against supervised + Depth Fusion:
+#   --targets PCT   only the rows the project's 5 % targets compare against supervised + Depth Fusion:
 #                   the full method (stage A, stage B, stage B with train.seed=1) and supervised + Depth
 #                   Fusion for SUP_ITERS and for TEACHER_ITERS (sup_df_PCT_TEACHER_ITERSit), so a longer
 #                   stage A can be told apart from what stage B adds, e.g.

@@ -112,7 +112,7 @@ def test_image_list(tmp_path):
         load_image_list(empty)
 
 
-# ---------------------------------------------------------------- issue 12: paths and cache entries
+# ---------------------------------------------------------------- paths and cache entries
 
 
 def test_file_names_leading_outside_the_image_folder_are_refused(tmp_path):

@@ -1,4 +1,4 @@
-"""Cache integrity (issue 12): entries bound to their source files, damaged shards named and repaired,
+"""Cache integrity: entries bound to their source files, damaged shards named and repaired,
 file names kept inside their folder, one image decoder, and independent jobs sharing one key."""
 
 from __future__ import annotations

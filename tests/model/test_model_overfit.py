@@ -220,7 +220,7 @@ def test_from_scratch_depth_fusion_learns_small_objects_on_a_ground_plane():
     'open' fusion weights, depth at stride 4 for res2) fits the scenes. (The earlier recipe, zero depth
     weights fused beside the backbone, fits these 12 scenes too (AP 0.82 vs 0.75 measured): memorising a
     few scenes does not tell the recipes apart; held-out AP after 200 steps on 2,000 scenes does, 0.12
-    vs 0.74, see the README.)"""
+    vs 0.74, see docs/experiments/2026-11-26-recipe-from-scratch.md.)"""
     images, targets, depth = _small_preset_scenes(12, 96, seed=3)
     cfg = small_config(fusion=True)
     cfg.depth_fusion.sources = {"res2": "depth", "res3": "depth", "res4": "depth", "res5": "depth"}

@@ -104,7 +104,7 @@ def test_head_learns_classes_that_only_the_mask_shape_tells():
 
 def test_overfits_scenes_whose_classes_share_one_colour():
     """The model with the head learns (here it memorises: without the head these 8 scenes fit as well, 0.90
-    vs 0.90; held-out shape classes are what the head is for, see the README)."""
+    vs 0.90; held-out shape classes are what the head is for, see docs/experiments/2026-11-27-roi-class-head.md)."""
     images, targets, _ = make_scenes(8, 64, seed=4)
     grey = images.mean(1, keepdim=True)
     fg = torch.stack([t["masks"].any(0) for t in targets])[:, None]
