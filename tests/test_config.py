@@ -166,7 +166,6 @@ def test_unknown_key_on_the_command_line_is_a_command_line_error(tmp_path):
     (["depth.mode=none"], r"model\.depth_fusion\.enabled=True .*depth\.mode=none"),
     (["depth.estimator.name=depth-anything-v2-vits", "depth.estimator.input_size=500"],
      r"depth\.estimator\.input_size=500 \(command-line override .*multiple of 14"),
-    (["model.query_groups=3", "model.query_init=encoder"], r"model\.query_groups=3 .*model\.query_init=encoder"),
     # the data resample every cached level to data.feature_stride: depth_s4 at stride 8 is a stride-8 map
     (["data.feature_stride=8"], r"reads depth_s4 \(stride 4\) for res2 .*data\.feature_stride=8 \(command-line"),
 ])
@@ -257,3 +256,13 @@ def test_config_show_reports_range_errors_and_schedule_warnings():
     proc = _cli("config", "show", "--config", "configs/demo.yaml", "semi.teacher_iters=100", "train.max_iter=150")
     assert proc.returncode == 0
     assert "warning: semi.burn_in_iter=100 (configs/demo.yaml) is not shorter than stage B's 50 steps" in proc.stderr
+
+
+@pytest.mark.parametrize("key", [
+    "model.query_init=encoder", "model.query_groups=3", "model.mask_piloted=true", "model.pilot_label_noise=0.1",
+    "model.semantic_weight=1", "model.mask_stride=2", "semi.pseudo_mask_score_power=8", "semi.student_lr_mult=0.1",
+    "semi.depth_view=jet"])  # fmt: skip
+def test_removed_options_are_unknown_keys(key):
+    """Measured useless and removed (docs/experiments/2026-12-04-removed-options.md)."""
+    with pytest.raises(ConfigError, match=key.split("=")[0].split(".")[1]):
+        load_config(None, [key])

@@ -122,9 +122,6 @@ def check_consistency(cfg: Any, where: Where) -> None:
     if cfg.model.hidden_dim % cfg.model.nheads:
         raise ConfigError(f"{kv('model.hidden_dim')} is not a multiple of {kv('model.nheads')} "
                           "(each attention head takes hidden_dim / nheads channels)")
-    if cfg.model.query_groups > 1 and cfg.model.query_init != "learned":
-        raise ConfigError(f"{kv('model.query_groups')} needs learned queries, but {kv('model.query_init')}: "
-                          "the encoder's top-k tokens are one set, so its groups would be copies")
     ctl = cfg.semi.controller
     if ctl.kind != "scheduled" and not ctl.min_weight <= ctl.init_weight <= ctl.max_weight:
         raise ConfigError(f"the Depth Controller needs min_weight <= init_weight <= max_weight, got "
