@@ -8,6 +8,8 @@ and timed through:
 - matching (one matcher call, as `SetCriterion` makes per decoder layer): `HungarianMatcher.forward`
   (one cost pass for the batch, one assignment solve per image) vs `cost_matrix` + solve per image;
 - agreement of two pseudo-label sets: `batch_count_matches` vs `count_matches` per image.
+The per-image forms are test references (tests/semi/semi_reference.py, tests/model/matcher_reference.py),
+so this bench runs from a checkout.
 Each figure is the median of `--repeats` calls, with the device synchronised around each call.
 The batched forms save host waits on the device (one per batch instead of several per image), so
 the gain is a GPU figure; on a CPU both forms run the same arithmetic.
@@ -17,13 +19,23 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 from dgseg.pipeline.model.matcher import HungarianMatcher
-from dgseg.pipeline.semi.agreement import batch_count_matches, count_matches
-from dgseg.pipeline.semi.pseudo_labels import make_pseudo_labels, per_image_pseudo_labels
+from dgseg.pipeline.semi.agreement import batch_count_matches
+from dgseg.pipeline.semi.pseudo_labels import make_pseudo_labels
 from scipy.optimize import linear_sum_assignment
+
+_TESTS = Path(__file__).resolve().parents[1] / "tests"
+if not (_TESTS / "semi" / "semi_reference.py").is_file():
+    raise ImportError(f"bench_host_parts compares with the per-image test references under {_TESTS}: "
+                      "run it from a checkout")
+sys.path[:0] = [str(_TESTS / "semi"), str(_TESTS / "model")]
+from matcher_reference import cost_matrix  # noqa: E402
+from semi_reference import count_matches, per_image_pseudo_labels  # noqa: E402
 
 
 def teacher_outputs(b: int, q: int, k: int, size: int, instances: int, device, seed: int = 0) -> dict:
@@ -60,7 +72,7 @@ def per_image_matching(matcher: HungarianMatcher, outputs: dict, targets: list[d
         if len(t["labels"]) == 0:
             res.append(None)
             continue
-        cost = matcher.cost_matrix(outputs["pred_logits"][b], outputs["pred_masks"][b], t["labels"], t["masks"])
+        cost = cost_matrix(matcher, outputs["pred_logits"][b], outputs["pred_masks"][b], t["labels"], t["masks"])
         res.append(linear_sum_assignment(cost.numpy()))
     return res
 

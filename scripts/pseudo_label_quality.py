@@ -1,16 +1,16 @@
 """How good a checkpoint's pseudo-labels are: the project's own filter (`make_pseudo_labels`) on images
-whose ground truth the teacher was not trained on, for several score rules side by side.
+whose ground truth the teacher was not trained on, for several score thresholds side by side.
 
-python scripts/pseudo_label_quality.py RUN GT_JSON [--images N] [--rule POWER:THRESHOLD ...] [overrides]
+python scripts/pseudo_label_quality.py RUN GT_JSON [--images N] [--threshold T ...] [overrides]
 
 RUN: a run folder (its config.yaml and last checkpoint; the teacher's weights when it has them).
 GT_JSON: COCO annotations of images in the run's `data.image_dir` (e.g. the full train annotations of a
 generated dataset); only images in the run's `data.unlabeled_list` are used when it has one, the first
-N (default 400). Each rule is `semi.pseudo_mask_score_power:semi.score_threshold` (default: GD's 0:0.7,
-then 0:0.3, 0:0.8, 8:0.1, 8:0.2, 8:0.3); the other filter settings are the run's. Views: RGB, and the
+N (default 400). Each threshold is a `semi.score_threshold` on the class probability (default: GD's
+0.7, then 0.3 and 0.8); the other filter settings are the run's. Views: RGB, and the
 depth view when the run's teacher makes depth pseudo-labels. Prints per view and rule: pseudo-labels
 kept per image, precision (mask IoU >= 0.5 with an instance of their class), on an object (of any
-class) and recall (instances covered by a right pseudo-label). docs/results.md, "Pseudo-labels by mask confidence".
+class) and recall (instances covered by a right pseudo-label).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from dgseg.pipeline.semi.depth_view import render_depth_view
 from dgseg.pipeline.semi.pseudo_label_quality import pseudo_label_counts, summarise
 from dgseg.pipeline.semi.pseudo_labels import PseudoLabeler
 
-DEFAULT_RULES = ["0:0.7", "0:0.3", "0:0.8", "8:0.1", "8:0.2", "8:0.3"]
+DEFAULT_THRESHOLDS = [0.7, 0.3, 0.8]
 
 
 def subset_json(gt_json: Path, unlabeled_list: str | None, n: int, out: Path) -> int:
@@ -54,10 +54,10 @@ def main() -> None:
     ap.add_argument("run", type=Path)
     ap.add_argument("gt_json", type=Path)
     ap.add_argument("--images", type=int, default=400)
-    ap.add_argument("--rule", action="append", help="POWER:THRESHOLD (repeatable)")
+    ap.add_argument("--threshold", type=float, action="append", help="semi.score_threshold (repeatable)")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
-    rules = [tuple(float(x) for x in r.split(":")) for r in (args.rule or DEFAULT_RULES)]
+    rules = args.threshold or DEFAULT_THRESHOLDS
     base = load_config(args.run / "config.yaml", args.overrides)
     with tempfile.TemporaryDirectory() as tmp:
         sub = Path(tmp) / "gt.json"
@@ -68,8 +68,7 @@ def main() -> None:
         ckpt = load_checkpoint(ckpt_path)
         key = "teacher" if "teacher" in ckpt else "model"
         run = eval_setup(cfg, ckpt[key], f"{ckpt_path} [{key}]")
-        labelers = {r: dataclasses.replace(PseudoLabeler.from_config(cfg.semi), mask_score_power=r[0],
-                                           score_threshold=r[1]) for r in rules}  # fmt: skip
+        labelers = {r: dataclasses.replace(PseudoLabeler.from_config(cfg.semi), score_threshold=r) for r in rules}
         views = ["rgb"] + (["depth"] if cfg.semi.enabled and cfg.semi.depth_pseudo_labels else [])
         totals = {(v, r): dict(kept=0, right=0, on_object=0, instances=0, recalled=0) for v in views for r in rules}
         for batch in run.loader:
@@ -77,18 +76,17 @@ def main() -> None:
             run.provider.fill(batch)
             size = tuple(batch.images.shape[-2:])
             for view in views:
-                images = batch.images if view == "rgb" else render_depth_view(batch.depth, batch.valid,
-                                                                              colormap=cfg.semi.depth_view)
+                images = batch.images if view == "rgb" else render_depth_view(batch.depth, batch.valid)
                 out = run.model(images, batch.features if run.provider.channels else None, ~batch.valid)
                 for r, label in labelers.items():
                     c = pseudo_label_counts(label(out, size, batch.valid), batch.targets)
                     totals[(view, r)] = {k: totals[(view, r)][k] + c[k] for k in c}
     print(f"{ckpt_path}, {n} images of {args.gt_json}")
-    print("| view | power : threshold | kept per image | precision | on an object | recall |")
+    print("| view | class threshold | kept per image | precision | on an object | recall |")
     print("|---|---|---|---|---|---|")
-    for (view, (power, thr)), c in totals.items():
+    for (view, thr), c in totals.items():
         s = summarise(c, n)
-        print(f"| {view} | {power:g} : {thr:g} | {s['per_image']:.2f} | {s['precision']:.3f} | {s['on_object']:.3f} "
+        print(f"| {view} | {thr:g} | {s['per_image']:.2f} | {s['precision']:.3f} | {s['on_object']:.3f} "
               f"| {s['recall']:.3f} |")
 
 

@@ -23,9 +23,6 @@
 #   --controller    Depth Controller ablations from the full method's stage-A teacher (constant
 #                   w = 0.75; agreement term only; loss term only).
 #   --reseed PCT SEED  stage B of the full method again with train.seed=SEED.
-#   --pseudo-mask PCT [SEED]  stage B of the full method with pseudo-labels by mask confidence
-#                   (semi.pseudo_mask_score_power=8 semi.score_threshold=0.2; README), train.seed=SEED
-#                   (default 0): runs B_plm_PCT, B_plm_PCT_seedSEED.
 #   --targets PCT   only the rows the project's 5 % targets compare against supervised + Depth Fusion:
 #                   the full method (stage A, stage B, stage B with train.seed=1) and supervised + Depth
 #                   Fusion for SUP_ITERS and for TEACHER_ITERS (sup_df_PCT_TEACHER_ITERSit), so a longer
@@ -152,19 +149,11 @@ controller() {  # controller PCT: which part of the Depth Controller matters, on
   wait
 }
 
-pseudo_mask() {  # pseudo_mask PCT [SEED]: the full method's stage B, pseudo-labels kept by class x mask confidence
-  local p=$1 seed=${2:-0}
-  local name="B_plm_$p"; [ "$seed" != 0 ] && name="${name}_seed$seed"
-  run "$name" $(split_of "$p") $(teacher_of "A_2view_$p") $B_EVAL semi.pseudo_mask_score_power=8 \
-    semi.score_threshold=0.2 "train.seed=$seed"
-}
-
 mkdir -p "$OUT"
 case "${1:-}" in
   --ablation) shift; for p in "$@"; do ablation "$p"; done ;;
   --controller) shift; for p in "$@"; do controller "$p"; done ;;
   --reseed) run "B_full_${2}_seed$3" $(split_of "$2") $(teacher_of "A_2view_$2") $B_EVAL "train.seed=$3" ;;
-  --pseudo-mask) pseudo_mask "$2" "${3:-0}" ;;
   --targets) shift; for p in "$@"; do targets "$p"; done ;;
   *) for p in "${@:-5}"; do table "$p"; done ;;
 esac

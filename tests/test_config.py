@@ -166,7 +166,6 @@ def test_unknown_key_on_the_command_line_is_a_command_line_error(tmp_path):
     (["depth.mode=none"], r"model\.depth_fusion\.enabled=True .*depth\.mode=none"),
     (["depth.estimator.name=depth-anything-v2-vits", "depth.estimator.input_size=500"],
      r"depth\.estimator\.input_size=500 \(command-line override .*multiple of 14"),
-    (["model.query_groups=3", "model.query_init=encoder"], r"model\.query_groups=3 .*model\.query_init=encoder"),
     # the data resample every cached level to data.feature_stride: depth_s4 at stride 8 is a stride-8 map
     (["data.feature_stride=8"], r"reads depth_s4 \(stride 4\) for res2 .*data\.feature_stride=8 \(command-line"),
 ])
@@ -257,3 +256,65 @@ def test_config_show_reports_range_errors_and_schedule_warnings():
     proc = _cli("config", "show", "--config", "configs/demo.yaml", "semi.teacher_iters=100", "train.max_iter=150")
     assert proc.returncode == 0
     assert "warning: semi.burn_in_iter=100 (configs/demo.yaml) is not shorter than stage B's 50 steps" in proc.stderr
+
+
+@pytest.mark.parametrize("key", [
+    "model.query_init=encoder", "model.query_groups=3", "model.mask_piloted=true", "model.pilot_label_noise=0.1",
+    "model.semantic_weight=1", "model.mask_stride=2", "semi.pseudo_mask_score_power=8", "semi.student_lr_mult=0.1",
+    "semi.depth_view=jet"])  # fmt: skip
+def test_removed_options_are_unknown_keys(key):
+    """Measured useless and removed (docs/experiments/2026-12-04-removed-options.md)."""
+    with pytest.raises(ConfigError, match=key.split("=")[0].split(".")[1]):
+        load_config(None, [key])
+
+
+# ---------------------------------------------------------------- one merge rule: sections merge, values replace
+def _child_of_a_base(tmp_path, child_text: str) -> Path:
+    (tmp_path / "base.yaml").write_text(
+        "model:\n  hidden_dim: 64\n  depth_fusion:\n    sources: {res2: path_4, res3: path_4, res5: path_4}\n"
+        "train:\n  lr: 0.002\n")
+    (tmp_path / "child.yaml").write_text("base: base.yaml\n" + child_text)
+    return tmp_path / "child.yaml"
+
+
+def test_a_mapping_value_in_a_child_file_replaces_the_base_value_as_an_override_does(tmp_path):
+    from dgseg.pipeline.config import resolve_config
+
+    child = _child_of_a_base(tmp_path, "model:\n  depth_fusion:\n    sources: {res2: depth_s4}\n")
+    by_file = resolve_config(child)
+    by_override = resolve_config(tmp_path / "base.yaml", ["model.depth_fusion.sources={res2: depth_s4}"])
+    assert by_file.config.model.depth_fusion.sources == {"res2": "depth_s4"}
+    assert by_override.config.model.depth_fusion.sources == {"res2": "depth_s4"}
+    # the sections around the value merge: the base's other keys stay, with the base as their source
+    assert by_file.config.model.hidden_dim == 64 and by_file.config.train.lr == pytest.approx(0.002)
+    assert by_file.where("model.depth_fusion.sources") == str(child)
+    assert by_file.where("model.hidden_dim") == str(tmp_path / "base.yaml")
+    assert by_file.where("train.lr") == str(tmp_path / "base.yaml")
+    assert by_file.where("model.nheads") == "default"
+
+
+def test_an_override_of_a_section_merges_like_a_file_section(tmp_path):
+    from dgseg.pipeline.config import resolve_config
+
+    _child_of_a_base(tmp_path, "")
+    resolved = resolve_config(tmp_path / "base.yaml", ["model={num_queries: 7}"])
+    assert resolved.config.model.num_queries == 7 and resolved.config.model.hidden_dim == 64
+    assert resolved.where("model.num_queries") == "command-line override 'model={num_queries: 7}'"
+    assert resolved.where("model.hidden_dim") == str(tmp_path / "base.yaml")
+
+
+def test_an_override_inside_a_value_is_refused_with_the_whole_form(tmp_path):
+    with pytest.raises(ConfigError, match=r"'model\.depth_fusion\.sources' is one value.*sources=\{"):
+        load_config(None, ["model.depth_fusion.sources.res2=path_3"])
+
+
+def test_config_show_names_each_leaf_s_own_source(tmp_path):
+    from dgseg.pipeline.config import format_config, resolve_config
+
+    child = _child_of_a_base(tmp_path, "model:\n  num_queries: 9\n")
+    text = format_config(resolve_config(child, ["train.max_iter=50"]))
+    assert f"* hidden_dim = 64   (default 128; from {tmp_path / 'base.yaml'})" in text
+    assert f"* num_queries = 9   (default 20; from {child})" in text
+    assert "* max_iter = 50   (default 1000; from command-line override 'train.max_iter=50')" in text
+    assert '* sources = {"res2": "path_4", "res3": "path_4", "res5": "path_4"}   (default ' in text
+    assert f"from {tmp_path / 'base.yaml'})" in text.split("* sources = ")[1].splitlines()[0]

@@ -122,9 +122,6 @@ def check_consistency(cfg: Any, where: Where) -> None:
     if cfg.model.hidden_dim % cfg.model.nheads:
         raise ConfigError(f"{kv('model.hidden_dim')} is not a multiple of {kv('model.nheads')} "
                           "(each attention head takes hidden_dim / nheads channels)")
-    if cfg.model.query_groups > 1 and cfg.model.query_init != "learned":
-        raise ConfigError(f"{kv('model.query_groups')} needs learned queries, but {kv('model.query_init')}: "
-                          "the encoder's top-k tokens are one set, so its groups would be copies")
     ctl = cfg.semi.controller
     if ctl.kind != "scheduled" and not ctl.min_weight <= ctl.init_weight <= ctl.max_weight:
         raise ConfigError(f"the Depth Controller needs min_weight <= init_weight <= max_weight, got "
@@ -146,10 +143,10 @@ def check_consistency(cfg: Any, where: Where) -> None:
             if stride is not None and stride < cfg.data.feature_stride:
                 raise ConfigError(
                     f"model.depth_fusion.sources reads {name} (stride {stride}) for {level} "
-                    f"({where('model.depth_fusion')}), but {kv('data.feature_stride')} resamples every cached level "
-                    f"to stride {cfg.data.feature_stride} before the model sees it, so the detail {name} was cached "
-                    f"for is lost: set data.feature_stride={stride} (coarser levels are then resized up, which loses "
-                    "nothing)")
+                    f"({where('model.depth_fusion.sources')}), but {kv('data.feature_stride')} resamples every "
+                    f"cached level to stride {cfg.data.feature_stride} before the model sees it, so the detail "
+                    f"{name} was cached for is lost: set data.feature_stride={stride} (coarser levels are then "
+                    "resized up, which loses nothing)")
     if cfg.depth.mode == "none" and cfg.semi.enabled and cfg.semi.depth_pseudo_labels:
         raise ConfigError(f"{kv('semi.depth_pseudo_labels')} needs depth for the teacher's depth view, but "
                           f"{kv('depth.mode')}: set semi.depth_pseudo_labels=false or choose depth.mode cache/online")

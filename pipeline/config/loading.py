@@ -5,7 +5,17 @@ the command-line override), and is raised at load time: an unknown key, a value 
 type or out of its declared range (`pipeline.config.checks`), fields that contradict each other,
 a missing file. Schedules that load but defeat their purpose (a burn-in longer than stage B, ...)
 give `ConfigWarning`s. A YAML file may start from another with `base: other.yaml` (resolved
-relative to the file); keys then override the base's.
+relative to the file).
+
+One merge rule, for a file over its base and for a command-line override over the files: **sections
+merge, values replace**. A section (a mapping that is a part of the `Config` tree: `model`,
+`model.depth_fusion`, ...) is merged key by key, so a child file or an override that sets
+`model.hidden_dim` keeps every other `model` key of the base. A value replaces the earlier one whole,
+even when it is itself a mapping or a list: a child's `sources: {res2: depth_s4}` leaves
+`model.depth_fusion.sources` with res2 only, exactly as the override
+`model.depth_fusion.sources={res2: depth_s4}` does. Every value keeps the source that set it (the file,
+or the override), and `config show` names that source. A dotted override that reaches inside a value
+(`model.depth_fusion.sources.res2=...`) is refused: the value is given whole.
 """
 
 from __future__ import annotations
@@ -81,8 +91,7 @@ def resolve_config(path: str | Path | None = None, overrides: typing.Sequence[st
         raw = _read_yaml_with_base(path, seen=(), origins=origins)
     for item in overrides:
         key, value = _parse_override(item)
-        _set_dotted(raw, key, value)
-        _record(origins, key, value, f"command-line override '{item}'")
+        merge_layer(raw, _nested(Config, key, value, item), origins, f"command-line override '{item}'")
     cfg = from_dict(Config, raw, source=str(path) if path is not None else DEFAULT, origins=origins)
     found = check_config(cfg, lambda key: _lookup(origins, key, DEFAULT))
     return ResolvedConfig(cfg, origins, found)
@@ -134,12 +143,47 @@ def _lookup(origins: dict[str, str], key: str, fallback: str) -> str:
     return origins.get(re.sub(r"\[\d+\]", "", key), fallback)
 
 
-def _record(origins: dict[str, str], key: str, value: Any, source: str) -> None:
-    """Mark `key` and every key nested in its value as set by `source`."""
-    origins[key] = source
-    if isinstance(value, dict):
-        for k, v in value.items():
-            _record(origins, f"{key}.{k}", v, source)
+def merge_layer(into: dict[str, Any], layer: dict[str, Any], origins: dict[str, str], source: str,
+                cls: type = Config, prefix: str = "") -> None:
+    """Merge `layer` (a file's mapping, or an override as a nested mapping) into `into` by the module's rule:
+    sections of `cls` merge key by key, every other value replaces the earlier one whole; `origins`
+    records `source` for each value set (its dotted key)."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for name, value in layer.items():
+        key = _join(prefix, str(name))
+        section = hints.get(name) if name in fields and dataclasses.is_dataclass(hints.get(name)) else None
+        if section is not None and (value is None or isinstance(value, dict)):
+            # an empty section (`semi:` with nothing under it) changes nothing
+            child = into.get(name)
+            if not isinstance(child, dict):
+                child = into[name] = {}
+            merge_layer(child, value or {}, origins, source, section, key)
+            continue
+        into[name] = value
+        for old in [k for k in origins if k.startswith(key + ".")]:  # a replaced value's old parts
+            del origins[old]
+        origins[key] = source
+
+
+def _nested(cls: type, key: str, value: Any, item: str) -> dict[str, Any]:
+    """An override `a.b.c=value` as the mapping {a: {b: {c: value}}}; the path must name sections up to
+    its last part (an unknown name is left for `from_dict` to report with the override named)."""
+    parts = key.split(".")
+    node: Any = cls
+    for i, part in enumerate(parts[:-1]):
+        if node is None:
+            break
+        hints = typing.get_type_hints(node)
+        if part in hints and not dataclasses.is_dataclass(hints[part]):
+            whole = ".".join(parts[: i + 1])
+            raise ConfigError(f"override {item!r}: '{whole}' is one value, not a section: give it whole, "
+                              f"e.g. {whole}={{...}} (values replace, sections merge: pipeline/config/loading.py)")
+        node = hints.get(part)
+    out: Any = value
+    for part in reversed(parts):
+        out = {part: out}
+    return out
 
 
 def _convert(tp: Any, value: Any, source: str, key: str, origins: dict[str, str] | None = None) -> Any:
@@ -206,18 +250,8 @@ def _read_yaml_with_base(path: Path, seen: tuple[Path, ...], origins: dict[str, 
     if base is not None and not isinstance(base, str):
         raise ConfigError(f"{path}: 'base' must be a file name, got {base!r}")
     merged = {} if base is None else _read_yaml_with_base((path.parent / base), seen + (path.resolve(),), origins)
-    for key, value in data.items():  # this file's keys override its base's, and so does their source
-        _record(origins, str(key), value, str(path))
-    _deep_merge(merged, data)
+    merge_layer(merged, data, origins, str(path))
     return merged
-
-
-def _deep_merge(into: dict[str, Any], update: dict[str, Any]) -> None:
-    for k, v in update.items():
-        if isinstance(v, dict) and isinstance(into.get(k), dict):
-            _deep_merge(into[k], v)
-        else:
-            into[k] = v
 
 
 def _parse_override(item: str) -> tuple[str, Any]:
@@ -232,14 +266,3 @@ def _parse_override(item: str) -> tuple[str, Any]:
     except yaml.YAMLError as err:
         raise ConfigError(f"override {item!r}: value is not valid YAML: {err}") from err
     return key, value
-
-
-def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
-    node = raw
-    parts = key.split(".")
-    for part in parts[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"override '{key}': '{part}' is not a section")
-        node = child
-    node[parts[-1]] = value

@@ -70,8 +70,7 @@ class DepthFusionConfig:
     # res4/res5 leaves the masks nearly blind to depth (measured in tests/model: AP 0.09 vs 0.64)
     sources: dict[str, str] = setting(
         factory=lambda: {"res2": "path_4", "res3": "path_4", "res4": "path_4", "res5": "path_4"},
-        help="backbone level (res2..res5, or res1 = the stride-2 stem) -> the cached map fused into it (path_1.."
-             "path_4, or files' depth_s{k}); res1 needs inside_backbone or model.mask_stride=2")
+        help="backbone level (res2..res5) -> the cached map fused into it (path_1..path_4, or files' depth_s{k})")
     inside_backbone: bool = setting(
         False, help="fuse each level as the backbone produces it, so later stages compute on depth (else side by side)")
     init: Literal["identity", "open"] = setting(
@@ -97,22 +96,7 @@ class ModelConfig:
                               help="masked-attention decoder layers (each gives a deep-supervision loss)")
     enc_layers: int = setting(2, range="[0, inf)", help="deformable-attention encoder layers in the pixel decoder")
     mask_dim: int = setting(128, range="[1, inf)", help="channels of the per-pixel mask embeddings")
-    mask_stride: Literal[2, 4] = setting(
-        4, help="stride of the per-pixel mask embeddings: 4 (Mask2Former, from res2) or 2 (adds the backbone's "
-                "stride-2 stem to the pixel decoder's FPN path: 4x the mask cells, for objects a few cells wide)")
     pre_norm: bool = setting(False, help="LayerNorm before each decoder block (false: after, Mask2Former's default)")
-    query_init: Literal["learned", "encoder"] = setting(
-        "learned", help="decoder queries: learned embeddings (Mask2Former) or encoder = the top-scored pixel-decoder "
-                        "tokens (two-stage, MaskDINO)")
-    query_groups: int = setting(
-        1, range="[1, inf)", help="training-only query groups (Group DETR): each group of num_queries is matched "
-                                  "one-to-one on its own, so each instance teaches G queries per step; inference "
-                                  "uses the first group (needs query_init learned)")
-    mask_piloted: bool = setting(
-        False, help="training adds one query per ground-truth instance that attends inside its true mask in every "
-        "decoder layer and learns its mask and class without matching (MP-Former); inference is unchanged")
-    pilot_label_noise: float = setting(0.2, range="[0, 1]",
-                                       help="share of piloted queries started from a random class's embedding")
     roi_classifier: bool = setting(
         False, help="add to each query's class logits those of a Mask R-CNN-style head on a RoIAlign grid of the mask "
         "features and the query's mask inside its mask's box (keeps the region's layout, which attention pools away)")
@@ -124,9 +108,6 @@ class ModelConfig:
     mask_weight: float = setting(5.0, range="[0, inf)",
                                  help="weight of the point-sampled mask BCE loss and of its matching cost")
     dice_weight: float = setting(5.0, range="[0, inf)", help="weight of the dice loss and of its matching cost")
-    semantic_weight: float = setting(
-        0.0, range="[0, inf)", help="auxiliary per-pixel class loss on the mask features (dense supervision from step "
-        "0, kMaX-DeepLab); 0 = off (Mask2Former)")
     no_object_weight: float = setting(0.1, range="[0, inf)",
                                       help="cross-entropy weight of the no-object class (unmatched queries)")
     train_num_points: int = setting(12544, range="[1, inf)",
@@ -223,9 +204,6 @@ class SemiConfig:
         None, help="skip stage A: stage B starts from this checkpoint's teacher and runs train.max_iter steps")
     student_init: Literal["teacher", "scratch"] = setting(
         "teacher", help="the student starts from the teacher's weights, or afresh (scratch, GD's recipe)")
-    student_lr_mult: float = setting(
-        1.0, range="(0, inf)", help="stage B's peak learning rate as a multiple of train.lr (the student starts "
-                                    "from a trained teacher; 1 = a whole schedule again, as Guided Distillation)")
     burn_in_iter: int = setting(100, range="[0, inf)",
                                 help="stage-B steps with a frozen teacher; then teacher := student, then EMA")
     ema_decay: float = setting(0.9996, range="[0, 1]",
@@ -233,20 +211,14 @@ class SemiConfig:
     unlabeled_batch_size: int = setting(8, range="[1, inf)", help="unlabelled images per stage-B step")
     unsup_weight: float = setting(2.0, range="[0, inf)", help="weight of the unsupervised (pseudo-label) loss")
     score_threshold: float = setting(
-        0.7, range="[0, 1]", help="pseudo-labels keep teacher predictions scoring above this (pseudo_mask_score_power)")
+        0.7, range="[0, 1]", help="pseudo-labels keep teacher predictions whose class probability is above this")
     mask_threshold: float = setting(0.5, range="(0, 1)",
                                     help="a pseudo-label mask is where the teacher's mask probability exceeds this")
-    pseudo_mask_score_power: float = setting(
-        0.0, range="[0, inf)",
-        help="a pseudo-label's score (the one score_threshold applies to) is its class probability x its mean mask "
-             "probability ** this; 0 = the class probability alone (Guided Distillation)")
     min_mask_area: int = setting(5, range="[0, inf)",
                                  help="pseudo-label masks smaller than this many canvas pixels are dropped")
     pseudo_dedup_iou: Optional[float] = setting(
         0.9, range="[0, 1]",
         help="drop a pseudo-label whose mask IoU with a higher-scored one exceeds this; null = keep all")
-    depth_view: Literal["gray", "jet"] = setting(
-        "gray", help="the teacher's depth view: gray (depth on 3 channels) or jet (colour-mapped)")
     ema_buffers: Literal["average", "copy"] = setting(
         "average",
         help="floating-point buffers (norm statistics) of the EMA teacher: averaged, or copied from the student")

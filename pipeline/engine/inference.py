@@ -10,7 +10,6 @@ from torch import nn
 from tqdm import tqdm
 
 
-@torch.no_grad()
 def mask_stride_of(model: nn.Module) -> int:
     """Input pixels per cell of the model's `pred_masks` (through a DDP wrapper)."""
     return getattr(model, "module", model).mask_stride
@@ -26,21 +25,26 @@ def postprocess_outputs(outputs: dict, sizes: list[tuple[int, int]], orig_sizes:
                        mask_score_power=eval_cfg.mask_score_power, mask_nms_sigma=eval_cfg.mask_nms_sigma)
 
 
+# inference mode, not only no_grad: no graph is recorded and no version counters are kept
+@torch.inference_mode()
 def predict_loader(model: nn.Module, loader, device: torch.device, provider, eval_cfg: EvalConfig,
                    use_depth: bool, show_progress: bool = True) -> list[tuple[str, dict]]:
     """(image_id, prediction at the original size) for every image this process sees."""
     was_training = model.training
     model.eval()
     out: list[tuple[str, dict]] = []
-    for batch in tqdm(loader, desc="inference", disable=not show_progress, leave=False):
-        batch = batch.to(device)
-        provider.fill(batch)
-        outputs = model(batch.images, batch.features if use_depth else None, ~batch.valid)
-        sizes = [(int(v.any(1).sum()), int(v.any(0).sum())) for v in batch.valid]  # valid = top-left block
-        preds = postprocess_outputs(outputs, sizes, [tuple(s) for s in batch.orig_sizes], eval_cfg,
-                                    mask_stride_of(model))
-        out.extend((str(i), {k: v.cpu() for k, v in p.items()}) for i, p in zip(batch.image_ids, preds, strict=True))
-    model.train(was_training)
+    try:
+        for batch in tqdm(loader, desc="inference", disable=not show_progress, leave=False):
+            batch = batch.to(device)
+            provider.fill(batch)
+            outputs = model(batch.images, batch.features if use_depth else None, ~batch.valid)
+            sizes = [(int(v.any(1).sum()), int(v.any(0).sum())) for v in batch.valid]  # valid = top-left block
+            preds = postprocess_outputs(outputs, sizes, [tuple(s) for s in batch.orig_sizes], eval_cfg,
+                                        mask_stride_of(model))
+            out.extend((str(i), {k: v.cpu() for k, v in p.items()})
+                       for i, p in zip(batch.image_ids, preds, strict=True))
+    finally:  # a failed evaluation inside training must not leave the model in eval mode
+        model.train(was_training)
     return out
 
 

@@ -169,8 +169,7 @@ def train_supervised(cfg: Config, resume: bool = False) -> dict:
         batch = clock.next(loader).to(ctx.device)
         ctx.provider.fill(batch)
         with ctx.autocast:
-            outputs = model(batch.images, batch.features if ctx.use_depth else None, ~batch.valid,
-                            targets=batch.targets)
+            outputs = model(batch.images, batch.features if ctx.use_depth else None, ~batch.valid)
         losses = ctx.criterion(outputs, batch.targets)
         check_finite(losses, it, ctx.out_dir)
         lr = base_lr(ctx.scheduler, cfg.train)  # the rate this step uses

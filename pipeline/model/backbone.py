@@ -27,7 +27,6 @@ from timm.models._features import FeatureDictNet
 from torch import Tensor, nn
 
 LEVEL_STRIDES = {"res2": 4, "res3": 8, "res4": 16, "res5": 32}
-STEM_STRIDE = 2  # "res1": the stem's output before its max-pool (timm's first feature level)
 
 
 def _check_name(name: str) -> None:
@@ -92,11 +91,9 @@ class Backbone(nn.Module):
             None = random initialisation.
         norm: "frozen" (BatchNorm -> FrozenBatchNorm2d, after loading the weights), "batch" (live),
             "auto" = frozen when `weights` is given, live otherwise.
-        stem: also return "res1", the stride-2 stem (for mask features at stride 2).
     """
 
-    def __init__(self, name: str = "resnet50", weights: Optional[str] = None, norm: str = "auto",
-                 stem: bool = False) -> None:
+    def __init__(self, name: str = "resnet50", weights: Optional[str] = None, norm: str = "auto") -> None:
         super().__init__()
         _check_name(name)
         self.name = name
@@ -106,13 +103,12 @@ class Backbone(nn.Module):
         self._index: dict[str, int] = {}
         self.channels: dict[str, int] = {}
         self.strides: dict[str, int] = {}
-        levels = {"res1": STEM_STRIDE, **LEVEL_STRIDES} if stem else LEVEL_STRIDES
-        for level, stride in levels.items():
+        for level, stride in LEVEL_STRIDES.items():
             hits = [i for i, r in enumerate(reductions) if r == stride]
             if not hits:
                 raise ValueError(
                     f"backbone {name!r} has no feature level at stride {stride} (its strides: {reductions}); "
-                    "Mask2Former needs strides 4, 8, 16 and 32" + (" and model.mask_stride=2 needs 2" if stem else "")
+                    "Mask2Former needs strides 4, 8, 16 and 32"
                 )
             self._index[level] = hits[-1]  # the deepest stage at that stride
             self.channels[level] = channels[hits[-1]]

@@ -11,7 +11,6 @@ from dgseg.pipeline.model.matcher import HungarianMatcher
 from dgseg.pipeline.model.pixel_decoder import MSDeformAttnPixelDecoder
 from dgseg.pipeline.model.roi_classifier import MaskRoIClassifier
 from dgseg.pipeline.model.transformer_decoder import MaskedTransformerDecoder
-from torch import nn
 
 
 def build_model(cfg: ModelConfig, num_classes: int, depth_channels: dict[str, int]) -> MaskFormer:
@@ -23,13 +22,7 @@ def build_model(cfg: ModelConfig, num_classes: int, depth_channels: dict[str, in
         depth_channels: {depth feature name: channels} the depth source provides; Depth Fusion
             (when `cfg.depth_fusion.enabled`) must find its sources there.
     """
-    fuse_stem = cfg.depth_fusion.enabled and "res1" in cfg.depth_fusion.sources
-    if fuse_stem and not cfg.depth_fusion.inside_backbone and cfg.mask_stride != 2:
-        raise ValueError("model.depth_fusion.sources fuses depth into res1 (the stride-2 stem), but nothing would read "
-                         "it: set model.depth_fusion.inside_backbone=true (res2..res5 then compute on it) or "
-                         "model.mask_stride=2 (the mask features then include it)")
-    backbone = Backbone(cfg.backbone, weights=cfg.backbone_weights, norm=cfg.backbone_norm,
-                        stem=cfg.mask_stride == 2 or fuse_stem)
+    backbone = Backbone(cfg.backbone, weights=cfg.backbone_weights, norm=cfg.backbone_norm)
     fusion = None
     if cfg.depth_fusion.enabled:
         if not depth_channels:
@@ -48,7 +41,6 @@ def build_model(cfg: ModelConfig, num_classes: int, depth_channels: dict[str, in
         enc_layers=cfg.enc_layers,
         nheads=cfg.nheads,
         dim_feedforward=cfg.dim_feedforward,
-        common_stride=cfg.mask_stride,
     )
     decoder = MaskedTransformerDecoder(
         in_channels=cfg.hidden_dim,
@@ -60,14 +52,9 @@ def build_model(cfg: ModelConfig, num_classes: int, depth_channels: dict[str, in
         dec_layers=cfg.dec_layers,
         pre_norm=cfg.pre_norm,
         mask_dim=cfg.mask_dim,
-        query_init=cfg.query_init,
-        query_groups=cfg.query_groups,
-        mask_piloted=cfg.mask_piloted,
-        pilot_label_noise=cfg.pilot_label_noise,
         roi_classifier=MaskRoIClassifier(cfg.mask_dim, num_classes, size=cfg.roi_size) if cfg.roi_classifier else None,
     )
-    semantic_head = nn.Conv2d(cfg.mask_dim, num_classes + 1, 1) if cfg.semantic_weight > 0 else None
-    return MaskFormer(backbone, pixel_decoder, decoder, fusion, semantic_head=semantic_head)
+    return MaskFormer(backbone, pixel_decoder, decoder, fusion)
 
 
 def build_criterion(cfg: ModelConfig, num_classes: int) -> SetCriterion:
@@ -77,11 +64,8 @@ def build_criterion(cfg: ModelConfig, num_classes: int) -> SetCriterion:
         cost_mask=cfg.mask_weight,
         cost_dice=cfg.dice_weight,
         num_points=cfg.train_num_points,
-        mask_stride=cfg.mask_stride,
     )
     weight_dict = {"loss_ce": cfg.class_weight, "loss_mask": cfg.mask_weight, "loss_dice": cfg.dice_weight}
-    if cfg.semantic_weight > 0:
-        weight_dict["loss_sem"] = cfg.semantic_weight
     return SetCriterion(
         num_classes,
         matcher,
@@ -91,5 +75,4 @@ def build_criterion(cfg: ModelConfig, num_classes: int) -> SetCriterion:
         oversample_ratio=cfg.oversample_ratio,
         importance_sample_ratio=cfg.importance_sample_ratio,
         deep_supervision=cfg.deep_supervision,
-        mask_stride=cfg.mask_stride,
     )

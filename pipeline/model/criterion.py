@@ -11,22 +11,6 @@ Per-image weights: a target dict may carry `"weight"` (a float, default 1); that
 multiplied by it. Normalisers (the class-weight sum, the number of masks) stay unweighted, so a
 weight w on every image scales the loss by w (what a caller weighting a whole loss expects).
 Images without any target contribute only the "no object" class term, never NaN.
-
-Semantic auxiliary loss (optional, "loss_sem" in weight_dict): an output carrying "pred_semantic"
-(B, K+1, h, w) per-pixel class logits (the last class = background) gets a cross-entropy against the
-class map the targets paint (background where no instance is), on `num_points` uniform points per
-image inside the image's own extent. Unlike the matched losses it supervises every pixel from the
-first step, which the set losses cannot while the matching is still random (kMaX-DeepLab's auxiliary
-semantic loss, Yu et al., ECCV 2022).
-
-Mask-piloted queries (MP-Former): an output carrying "pilot_outputs" (slot j of image b = its j-th
-instance) adds "loss_pilot_ce", "loss_pilot_mask", "loss_pilot_dice" (and "_i" per earlier layer): the same
-terms with the slot's own instance as its match, class cross-entropy on the filled slots only, with the
-weights of the matched terms.
-
-Query groups (Group DETR): an output carrying "query_groups": G holds G groups of queries, one after
-the other; each group is matched one-to-one to the targets on its own and the losses are the mean
-over groups, so every loss keeps the scale it has with one group.
 """
 
 from __future__ import annotations
@@ -80,7 +64,7 @@ class SetCriterion(nn.Module):
         mask_stride: int = 4,
     ) -> None:
         super().__init__()
-        unknown = set(weight_dict) - {"loss_ce", "loss_mask", "loss_dice", "loss_sem"}
+        unknown = set(weight_dict) - {"loss_ce", "loss_mask", "loss_dice"}
         if unknown:
             raise ValueError(f"unknown loss names in weight_dict: {sorted(unknown)}")
         self.num_classes = num_classes
@@ -116,18 +100,7 @@ class SetCriterion(nn.Module):
             num_masks = num_masks / dist.get_world_size()
         num_masks = num_masks.clamp(min=1.0)
 
-        groups = int(outputs.get("query_groups", 1))
-        if groups > 1:
-            per_group = [self._all_losses(g, targets, weights, num_masks) for g in split_groups(outputs, groups)]
-            losses = {k: torch.stack([p[k] for p in per_group]).mean() for k in per_group[0]}
-        else:
-            losses = self._all_losses(outputs, targets, weights, num_masks)
-        if "pilot_outputs" in outputs:
-            losses.update(self._pilot_losses(outputs["pilot_outputs"], targets, weights, num_masks))
-        if "loss_sem" in self.weight_dict and "pred_semantic" in outputs:
-            losses["loss_sem"] = self.weight_dict["loss_sem"] * self.loss_semantic(outputs["pred_semantic"],
-                                                                                   targets, weights)
-        return losses
+        return self._all_losses(outputs, targets, weights, num_masks)
 
     def _all_losses(self, outputs: dict, targets: list[dict], weights: Tensor, num_masks: Tensor) -> dict[str, Tensor]:
         """The final prediction's losses and, with deep supervision, every aux prediction's."""
@@ -137,28 +110,12 @@ class SetCriterion(nn.Module):
                 losses.update({f"{k}_{i}": v for k, v in self._losses(aux, targets, weights, num_masks).items()})
         return losses
 
-    def _pilot_losses(self, pilot: dict, targets: list[dict], weights: Tensor, num_masks: Tensor) -> dict[str, Tensor]:
-        """Losses of the piloted queries, each against the instance of its slot, on every layer."""
-        indices = [(torch.arange(len(t["labels"])), torch.arange(len(t["labels"]))) for t in targets]
-        layers = [("", pilot)]
-        if self.deep_supervision:
-            layers += [(f"_{i}", aux) for i, aux in enumerate(pilot.get("aux_outputs", []))]
-        out = {}
-        for suffix, o in layers:
-            for k, v in self._losses(o, targets, weights, num_masks, indices, slots_only=True).items():
-                out[k.replace("loss_", "loss_pilot_") + suffix] = v
-        return out
-
-    def _losses(self, outputs: dict, targets: list[dict], weights: Tensor, num_masks: Tensor,
-                indices: list | None = None, slots_only: bool = False) -> dict[str, Tensor]:
-        """One prediction's terms after its own Hungarian matching (or after the given `indices`;
-        `slots_only`: the class term covers the matched queries only, none is taught "no object")."""
-        if indices is None:
-            indices = self.matcher(outputs, targets)
+    def _losses(self, outputs: dict, targets: list[dict], weights: Tensor, num_masks: Tensor) -> dict[str, Tensor]:
+        """One prediction's terms after its own Hungarian matching."""
+        indices = self.matcher(outputs, targets)
         out = {}
         if "loss_ce" in self.weight_dict:
-            labels_loss = self.loss_matched_labels if slots_only else self.loss_labels
-            out["loss_ce"] = self.weight_dict["loss_ce"] * labels_loss(outputs, targets, indices, weights)
+            out["loss_ce"] = self.weight_dict["loss_ce"] * self.loss_labels(outputs, targets, indices, weights)
         if "loss_mask" in self.weight_dict or "loss_dice" in self.weight_dict:
             bce, dice = self.loss_masks(outputs, targets, indices, weights, num_masks)
             if "loss_mask" in self.weight_dict:
@@ -175,15 +132,6 @@ class SetCriterion(nn.Module):
         class_w = self.empty_weight[target_classes]
         # same as cross_entropy(weight=empty_weight) when every image weight is 1
         return (ce * class_w * weights[:, None]).sum() / class_w.sum()
-
-    def loss_matched_labels(self, outputs: dict, targets: list[dict], indices, weights: Tensor) -> Tensor:
-        """Cross-entropy of the matched queries only (mean over them, weighted per image)."""
-        logits = outputs["pred_logits"].float()
-        target_classes = self._target_classes(logits, targets, indices)
-        matched = target_classes < self.num_classes
-        ce = F.cross_entropy(logits.transpose(1, 2), target_classes, reduction="none")  # (B, Q)
-        # no match anywhere: 0 that keeps the graph
-        return (ce * weights[:, None] * matched).sum() / matched.sum().clamp(min=1)
 
     def _target_classes(self, logits: Tensor, targets: list[dict], indices) -> Tensor:
         """(B, Q) class of each query's matched instance; K ("no object") for unmatched queries."""
@@ -226,49 +174,3 @@ class SetCriterion(nn.Module):
         dice = (dice_loss(point_logits, point_labels) * mask_w).sum() / num_masks
         return bce, dice
 
-
-    def loss_semantic(self, logits: Tensor, targets: list[dict], weights: Tensor) -> Tensor:
-        """Per-pixel class cross-entropy on uniform points of each image, weighted per image.
-
-        logits: (B, K+1, h, w) at `mask_stride`; an image's extent is its target masks' (H, W), which
-        for a padded batch includes the batch's padding (background there)."""
-        b, c, h, w = logits.shape
-        if c != self.num_classes + 1:
-            raise ValueError(f"pred_semantic has {c} channels; expected num_classes + 1 = {self.num_classes + 1}")
-        per_image = []
-        for i, t in enumerate(targets):
-            ih, iw = t["masks"].shape[-2:]
-            coords = torch.rand(self.num_points, 2, device=logits.device)
-            # the logits cover (h, w) * stride input pixels; the image only its (ih, iw) top-left part
-            scale = coords.new_tensor([iw / (w * self.mask_stride), ih / (h * self.mask_stride)])
-            point_logits = point_sample(logits[i:i + 1].float(), (coords * scale)[None])[0]  # (K+1, P)
-            ys = (coords[:, 1] * ih).long().clamp_(max=ih - 1)
-            xs = (coords[:, 0] * iw).long().clamp_(max=iw - 1)
-            per_image.append(F.cross_entropy(point_logits.t(), point_classes(t, ys, xs, self.num_classes)) * weights[i])
-        return torch.stack(per_image).mean()
-
-
-def point_classes(target: dict, ys: Tensor, xs: Tensor, num_classes: int) -> Tensor:
-    """(P,) int64 class at pixels (ys, xs): the label of the instance covering it (the later one where
-    instances overlap), `num_classes` (background) where none does."""
-    masks = target["masks"].to(ys.device)
-    labels = target["labels"].to(ys.device)
-    order = torch.arange(1, len(labels) + 1, device=ys.device)
-    covering = (masks[:, ys, xs].to(torch.int64) * order[:, None]).amax(0) if len(labels) else ys.new_zeros(ys.shape)
-    return torch.cat([labels.new_full((1,), num_classes), labels])[covering]
-
-
-def split_groups(outputs: dict, groups: int) -> list[dict]:
-    """An output of G query groups -> G outputs of one group each (aux outputs split alike)."""
-    q = outputs["pred_logits"].shape[1]
-    if q % groups:
-        raise ValueError(f"{q} queries do not split into {groups} groups")
-    n = q // groups
-
-    def part(o: dict, g: int) -> dict:
-        return {k: o[k][:, g * n:(g + 1) * n] for k in ("pred_logits", "pred_masks")}
-
-    return [
-        {**part(outputs, g), "aux_outputs": [part(a, g) for a in outputs.get("aux_outputs", [])]}
-        for g in range(groups)
-    ]

@@ -33,21 +33,17 @@ class MaskFormer(nn.Module):
         pixel_decoder: multi-scale pixel decoder.
         transformer_decoder: masked-attention decoder.
         depth_fusion: None = the RGB-only model.
-        semantic_head: None, or a module mapping the mask features (B, mask_dim, h, w) to per-pixel class
-            logits (B, K+1, h, w) returned as "pred_semantic" for the criterion's auxiliary dense loss
-            (inference does not read them).
         size_divisibility: inputs are zero-padded (after normalisation) to a multiple of this.
     """
 
     def __init__(self, backbone: Backbone, pixel_decoder: MSDeformAttnPixelDecoder,
                  transformer_decoder: MaskedTransformerDecoder, depth_fusion: Optional[DepthFusion] = None,
-                 size_divisibility: int = 32, semantic_head: Optional[nn.Module] = None) -> None:
+                 size_divisibility: int = 32) -> None:
         super().__init__()
         self.backbone = backbone
         self.depth_fusion = depth_fusion
         self.pixel_decoder = pixel_decoder
         self.transformer_decoder = transformer_decoder
-        self.semantic_head = semantic_head
         self.size_divisibility = size_divisibility
         self.mask_stride = pixel_decoder.common_stride  # input pixels per cell of pred_masks
         self.backbone_padding = SpatialPaddingHooks(backbone)
@@ -59,7 +55,7 @@ class MaskFormer(nn.Module):
         return self.depth_fusion is not None
 
     def forward(self, images: Tensor, depth_features: Optional[dict[str, Tensor]] = None,
-                mask: Optional[Tensor] = None, targets: Optional[list[dict]] = None) -> dict:
+                mask: Optional[Tensor] = None) -> dict:
         """
         Args:
             images: (B, 3, H, W) RGB in [0, 1].
@@ -68,13 +64,10 @@ class MaskFormer(nn.Module):
             mask: (B, H, W) bool, True on padding (the bottom/right zeros a batch adds to an image
                 smaller than the largest), or None = no padding. With it each image's predictions
                 are those it gets alone (up to float rounding).
-            targets: the batch's ground truth [{"labels" (N,), "masks" (N, H, W)}], read only in training by
-                a decoder with mask-piloted queries (their predictions come back as "pilot_outputs").
 
         Returns:
             {"pred_logits": (B, Q, K+1), "pred_masks": (B, Q, ceil(H/4), ceil(W/4)) logits,
-             "aux_outputs": [{"pred_logits", "pred_masks"}] per earlier decoder layer}, and with a
-            semantic head in training "pred_semantic": (B, K+1, ceil(H/4), ceil(W/4)) logits.
+             "aux_outputs": [{"pred_logits", "pred_masks"}] per earlier decoder layer}.
             Mask cell (i, j) covers input pixels [4i, 4i+4) x [4j, 4j+4).
         """
         if images.dim() != 4 or images.shape[1] != 3:
@@ -105,39 +98,13 @@ class MaskFormer(nn.Module):
                 if fusion is not None:
                     features = fusion(features, depth_features, mask)
         mask_features, multi_scale = self.pixel_decoder(features, mask)
-        pilot = None
-        if targets is not None and self.training and self.transformer_decoder.mask_piloted:
-            pilot = pilot_targets(targets, (ph, pw), images.device)
-        out = self.transformer_decoder(multi_scale, mask_features, mask, pilot)
-        if self.semantic_head is not None and self.training:
-            out["pred_semantic"] = self.semantic_head(mask_features)
+        out = self.transformer_decoder(multi_scale, mask_features, mask)
         mh, mw = math.ceil(h / self.mask_stride), math.ceil(w / self.mask_stride)
         if out["pred_masks"].shape[-2:] != (mh, mw):
             out["pred_masks"] = out["pred_masks"][..., :mh, :mw]
-            if "pred_semantic" in out:
-                out["pred_semantic"] = out["pred_semantic"][..., :mh, :mw]
-            pilot_out = out.get("pilot_outputs")
-            if pilot_out is not None:
-                for part in [pilot_out, *pilot_out["aux_outputs"]]:
-                    part["pred_masks"] = part["pred_masks"][..., :mh, :mw]
             for aux in out["aux_outputs"]:
                 aux["pred_masks"] = aux["pred_masks"][..., :mh, :mw]
         return out
-
-
-def pilot_targets(targets: list[dict], padded: tuple[int, int], device: torch.device) -> tuple[Tensor, Tensor]:
-    """Ground truth as the decoder's piloted slots: labels (B, M) int64 with -1 in empty slots and masks
-    (B, M, *padded) float, M = the most instances of any image."""
-    m = max((len(t["labels"]) for t in targets), default=0)
-    labels = torch.full((len(targets), m), -1, dtype=torch.int64, device=device)
-    masks = torch.zeros((len(targets), m, *padded), device=device)
-    for i, t in enumerate(targets):
-        n = len(t["labels"])
-        if n:
-            h, w = t["masks"].shape[-2:]
-            labels[i, :n] = t["labels"].to(device)
-            masks[i, :n, :h, :w] = t["masks"].to(device=device, dtype=masks.dtype)
-    return labels, masks
 
 
 def _pad_like(feature: Tensor, size: tuple[int, int], padded: tuple[int, int]) -> Tensor:

@@ -8,8 +8,8 @@ assignment minimising the summed cost is found by scipy's `linear_sum_assignment
 
 `forward` computes the costs of the whole batch in one pass on the outputs' device (targets padded
 to the largest count, batched matrix products) and moves them to the host once; only the assignment
-solve runs per image, on the CPU. `cost_matrix` is the same cost for one image (the reference the
-batched cost is tested against, to float rounding).
+solve runs per image, on the CPU. (tests/model/matcher_reference.py writes the same cost for one
+image, pair by pair: the reference the batched cost is tested against, to float rounding.)
 """
 
 from __future__ import annotations
@@ -61,36 +61,9 @@ class HungarianMatcher(nn.Module):
         self.mask_stride = mask_stride
 
     @torch.no_grad()
-    def cost_matrix(self, logits: Tensor, masks: Tensor, labels: Tensor, target_masks: Tensor,
-                    points: Optional[Tensor] = None) -> Tensor:
-        """Cost of every pair for one image.
-
-        Args:
-            logits: (Q, K+1) class logits.
-            masks: (Q, h, w) mask logits at `mask_stride`.
-            labels: (N,) int64 target classes.
-            target_masks: (N, H, W) bool or float target masks at input resolution.
-            points: (P, 2) (x, y) in [0, 1]; drawn uniformly at random when None.
-
-        Returns:
-            (Q, N) float32 costs, on the CPU.
-        """
-        logits, masks = logits.float(), masks.float()
-        if points is None:
-            points = torch.rand(self.num_points, 2, device=masks.device)
-        prob = logits.softmax(-1)
-        cost_class = -prob[:, labels]
-        tgt = pad_targets(target_masks.to(masks.dtype), masks.shape[-2:], self.mask_stride)
-        tgt_points = point_sample(tgt[None], points[None].to(masks.dtype))[0]  # (N, P)
-        pred_points = point_sample(masks[None], points[None].to(masks.dtype))[0]  # (Q, P)
-        cost = (self.cost_class * cost_class + self.cost_mask * pairwise_sigmoid_ce(pred_points, tgt_points)
-                + self.cost_dice * pairwise_dice(pred_points, tgt_points))
-        return cost.cpu()
-
-    @torch.no_grad()
     def batch_costs(self, logits: Tensor, masks: Tensor, targets: list[dict],
                     points: Optional[Tensor] = None) -> list[Tensor]:
-        """`cost_matrix` of every image of a batch at once; one device-to-host copy.
+        """The matching cost of every image of a batch at once; one device-to-host copy.
 
         Args:
             logits: (B, Q, K+1) class logits.

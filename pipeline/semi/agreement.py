@@ -16,8 +16,8 @@ non-empty sets the result is None, which the controller treats as "no measuremen
 or texture) often gets the class wrong while finding the right instance.
 
 `batch_count_matches` computes every image's IoU matrix on the device and copies them to the host
-in one transfer; the assignment solve per image stays on the CPU. `count_matches` is the same count
-for one pair of sets (the reference the batched count is tested against).
+in one transfer; the assignment solve per image stays on the CPU (tests/semi/semi_reference.py has
+the same count for one pair of sets, the reference the batched count is tested against).
 """
 
 from __future__ import annotations
@@ -30,20 +30,6 @@ import torch
 from dgseg.pipeline.model.postprocess import mask_iou
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
-
-
-def count_matches(
-    a: dict[str, Tensor], b: dict[str, Tensor], *, iou_threshold: float = 0.5, class_aware: bool = True
-) -> int:
-    """Size of the largest one-to-one matching of `a`'s and `b`'s masks (IoU > threshold, same class)."""
-    na, nb = len(a["labels"]), len(b["labels"])
-    if na == 0 or nb == 0:
-        return 0
-    iou = mask_iou(a["masks"].to(torch.bool), b["masks"].to(torch.bool))
-    ok = iou > iou_threshold
-    if class_aware:
-        ok &= a["labels"][:, None] == b["labels"][None, :].to(a["labels"].device)
-    return _solve(ok.cpu().numpy(), iou.cpu().numpy())
 
 
 def _solve(ok: np.ndarray, iou: np.ndarray) -> int:
@@ -62,7 +48,8 @@ def batch_count_matches(
     a_sets: Sequence[dict[str, Tensor]], b_sets: Sequence[dict[str, Tensor]], *,
     iou_threshold: float = 0.5, class_aware: bool = True,
 ) -> list[int]:  # fmt: skip
-    """`count_matches` of every image pair of a batch; the IoUs cross to the host in one copy."""
+    """Per image pair of a batch, the size of the largest one-to-one matching of the two sets' masks
+    (IoU > `iou_threshold`, and the same class with `class_aware`); the IoUs cross to the host in one copy."""
     blocks, shapes = [], []
     for a, b in zip(a_sets, b_sets, strict=True):
         na, nb = len(a["labels"]), len(b["labels"])

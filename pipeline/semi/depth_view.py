@@ -10,16 +10,10 @@ pseudo-label sets (see `depth_controller.py`). Steps, per image:
    and makes the view invariant to any positive scale and offset of the depth (so a `files`
    source or an online estimator with another range draws the same view). Where the percentiles
    coincide (a mostly flat map) it falls back to the min and max; a constant map draws as 0.
-2. **A fixed mapping to 3 channels**, `colormap`:
-   - `"gray"` (default): the normalised depth replicated to R, G and B (near = bright).
-     Chosen because the teacher is the EMA of a student that trains with grayscale augmentation,
-     so a gray image is in the distribution its RGB-pretrained weights already handle; and
-     because brightness is monotone in depth, so the only strong edges are depth discontinuities,
-     i.e. object contours, which is what the depth view is for.
-   - `"jet"`: the classic piecewise-linear jet colour map (`r = clip(1.5 - |4x - 3|)`, `g` with 2,
-     `b` with 1). Hue separates depth levels more than brightness does, but its hue bands also
-     put colour edges inside smooth depth ramps (floors, walls) that are not object contours;
-     kept for the ablation.
+2. **Gray**: the normalised depth replicated to R, G and B (near = bright). The teacher is the EMA
+   of a student that trains with grayscale augmentation, so a gray image is in the distribution its
+   RGB-pretrained weights already handle; and brightness is monotone in depth, so the only strong
+   edges are depth discontinuities, i.e. object contours, which is what the depth view is for.
 3. The padding (`valid == False`) stays 0 in every channel, like the padded RGB canvas.
 
 Output values are in [0, 1], like the RGB images the model normalises itself.
@@ -27,19 +21,16 @@ Output values are in [0, 1], like the RGB images the model normalises itself.
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Optional
 
 import torch
 from torch import Tensor
-
-Colormap = Literal["gray", "jet"]
 
 
 def render_depth_view(
     depth: Tensor,
     valid: Optional[Tensor] = None,
     *,
-    colormap: Colormap = "gray",
     low_pct: float = 2.0,
     high_pct: float = 98.0,
 ) -> Tensor:
@@ -48,7 +39,6 @@ def render_depth_view(
     Args:
         depth: (B, 1, H, W) relative depth (any positive scale and offset; 1 = near in the cache).
         valid: (B, H, W) bool, False on padding; None = all valid.
-        colormap: "gray" or "jet" (see the module docstring).
         low_pct, high_pct: percentiles (0..100) clipped before the min-max.
     Returns:
         (B, 3, H, W) float32 in [0, 1], 0 on padding.
@@ -60,8 +50,6 @@ def render_depth_view(
         raise ValueError(f"valid must be (B, H, W) = {(B, H, W)}, got {tuple(valid.shape)}")
     if not 0.0 <= low_pct < high_pct <= 100.0:
         raise ValueError(f"need 0 <= low_pct < high_pct <= 100, got {low_pct}, {high_pct}")
-    if colormap not in _COLORMAPS:
-        raise ValueError(f"unknown depth colormap {colormap!r}; choose one of {sorted(_COLORMAPS)}")
 
     depth = depth.detach().float()
     norm = torch.zeros(B, H, W, dtype=torch.float32, device=depth.device)
@@ -74,7 +62,7 @@ def render_depth_view(
         lo, hi = _range(values, low_pct / 100.0, high_pct / 100.0)
         if hi > lo:
             norm[b] = ((d - lo) / (hi - lo)).clamp_(0.0, 1.0)
-    view = _COLORMAPS[colormap](norm)  # (B, 3, H, W)
+    view = norm[:, None].expand(-1, 3, -1, -1).contiguous()  # gray: (B, 3, H, W)
     if valid is not None:
         view = view * valid[:, None].to(view.dtype)
     return view
@@ -104,14 +92,3 @@ def _quantile_sorted(s: Tensor, q: float) -> float:
     frac = pos - i
     return (s[i] + (s[j] - s[i]) * frac).item()
 
-
-def _gray(x: Tensor) -> Tensor:
-    return x[:, None].expand(-1, 3, -1, -1).contiguous()
-
-
-def _jet(x: Tensor) -> Tensor:
-    centres = torch.tensor([3.0, 2.0, 1.0], device=x.device)[None, :, None, None]
-    return (1.5 - (4.0 * x[:, None] - centres).abs()).clamp(0.0, 1.0)
-
-
-_COLORMAPS = {"gray": _gray, "jet": _jet}

@@ -4,22 +4,12 @@ From `{"pred_logits" (B, Q, K+1), "pred_masks" (B, Q, h, w)}` (last class = no-o
 image, a query becomes a pseudo-instance when every rule holds (after Guided Distillation):
 
 1. its argmax over all K+1 classes is not no-object;
-2. its score is > `score_threshold`: the softmax probability of its best non-void class (the label),
-   times, when `mask_score_power` > 0, the mean mask probability over its mask to that power (the
-   score `eval.mask_score_power` ranks predictions by);
+2. its score, the softmax probability of its best non-void class (the label), is > `score_threshold`;
 3. its mask, `sigmoid(mask logits upsampled bilinearly to the canvas (H, W)) > mask_threshold`, cut to
    the valid (non-padded) region, covers >= `min_mask_area` pixels of the canvas.
 
 Rule 2 implies rule 1 whenever `score_threshold >= 0.5`; both are kept so that a low threshold
 still never turns a no-object query into an instance.
-
-Why the mask term (`mask_score_power` 0 is Guided Distillation's rule): after a few hundred steps the
-class probability hardly tells a good pseudo-label from a bad one. Of a small-preset stage-A teacher's
-pseudo-labels on 400 unlabelled images, those above class probability 0.3 and those above 0.8 were
-equally often on an object (mask IoU >= 0.5 with one: 48 % and 47 %); class probability x mean mask
-probability^8 > 0.2 covered as many of the objects as 0.7 on the class alone (16 % and 17 %) with 83 %
-of its pseudo-labels on an object instead of 50 % (`scripts/pseudo_label_quality.py`; README,
-"Pseudo-labels by mask confidence").
 
 Then near-duplicates are removed (optional, `dedup_iou`): in order of decreasing score, a mask whose
 IoU with an already kept mask exceeds `dedup_iou` is dropped, whatever its class. Mask2Former's
@@ -54,7 +44,6 @@ def make_pseudo_labels(
     mask_threshold: float = 0.5,
     min_mask_area: int = 5,
     dedup_iou: Optional[float] = 0.9,
-    mask_score_power: float = 0.0,
 ) -> list[dict[str, Tensor]]:
     """Filter the teacher's outputs into target sets (see the module docstring for the rules).
 
@@ -75,8 +64,6 @@ def make_pseudo_labels(
         raise ValueError(f"pred_logits needs at least one class plus no-object, got {logits.shape[-1]} logits")
     if not 0.0 < mask_threshold < 1.0:
         raise ValueError(f"mask_threshold must be in (0, 1), got {mask_threshold}")
-    if not mask_score_power >= 0:
-        raise ValueError(f"mask_score_power must be >= 0, got {mask_score_power}")
     H, W = int(image_size[0]), int(image_size[1])
     if valid is not None and tuple(valid.shape) != (logits.shape[0], H, W):
         raise ValueError(f"valid must be (B, H, W) = {(logits.shape[0], H, W)}, got {tuple(valid.shape)}")
@@ -86,16 +73,15 @@ def make_pseudo_labels(
     prob = logits.detach().float().softmax(-1)
     not_void = prob.argmax(-1) != num_classes  # (B, Q)
     scores, labels = prob[..., :num_classes].max(-1)  # (B, Q)
-    keep = not_void & (scores > score_threshold)  # the mask term is <= 1: it can only lower a score
+    keep = not_void & (scores > score_threshold)
 
     # the whole batch at once: the kept (image, query) pairs of every image in one set of kernels,
     # so the host waits on the device a fixed number of times per batch, not per image
     owner, query = keep.nonzero(as_tuple=True)
     cut = None if valid is None else valid.to(device=mask_logits.device, dtype=torch.bool)[owner]
-    masks, confidence = _binary_masks(mask_logits[owner, query], (H, W), mask_threshold, cut,
-                                      mask_score_power > 0)
-    s = scores[owner, query] * confidence**mask_score_power
-    big = (masks.flatten(1).sum(1) >= min_mask_area) & (s > score_threshold)
+    masks = _binary_masks(mask_logits[owner, query], (H, W), mask_threshold, cut)
+    s = scores[owner, query]
+    big = masks.flatten(1).sum(1) >= min_mask_area
     owner, query, masks, s = owner[big], query[big], masks[big], s[big]
     # by image, and within an image by decreasing score (stable sorts: ties keep query order)
     order = s.argsort(descending=True, stable=True)
@@ -116,79 +102,30 @@ def make_pseudo_labels(
     return results
 
 
-def per_image_pseudo_labels(
-    outputs: Mapping[str, Tensor],
-    image_size: tuple[int, int],
-    valid: Optional[Tensor] = None,
-    *,
-    score_threshold: float = 0.7,
-    mask_threshold: float = 0.5,
-    min_mask_area: int = 5,
-    dedup_iou: Optional[float] = 0.9,
-    mask_score_power: float = 0.0,
-) -> list[dict[str, Tensor]]:
-    """`make_pseudo_labels` one image at a time (the form before the batch was vectorised), kept as
-    the reference the batched filter is tested against and the baseline `bench.bench_host_parts` times."""
-    logits, mask_logits = outputs["pred_logits"], outputs["pred_masks"]
-    num_classes = logits.shape[-1] - 1
-    prob = logits.detach().float().softmax(-1)
-    scores, labels = prob[..., :num_classes].max(-1)
-    keep = (prob.argmax(-1) != num_classes) & (scores > score_threshold)
-    H, W = int(image_size[0]), int(image_size[1])
-    results = []
-    for b in range(logits.shape[0]):
-        idx = keep[b].nonzero().squeeze(1)
-        cut = None if valid is None else valid[b].to(torch.bool).expand(len(idx), H, W)
-        masks, confidence = _binary_masks(mask_logits[b, idx], (H, W), mask_threshold, cut, mask_score_power > 0)
-        s = scores[b, idx] * confidence**mask_score_power
-        big = (masks.flatten(1).sum(1) >= min_mask_area) & (s > score_threshold)
-        idx, masks, s = idx[big], masks[big], s[big]
-        order = s.argsort(descending=True, stable=True)
-        idx, masks, s = idx[order], masks[order], s[order]
-        if dedup_iou is not None and len(idx) > 1:
-            kept = _dedup(masks, dedup_iou)
-            idx, masks, s = idx[kept], masks[kept], s[kept]
-        results.append({"labels": labels[b, idx].to(torch.int64), "masks": masks, "scores": s.to(torch.float32)})
-    return results
-
-
 # interpolate at most this many float elements per call: the kept masks of a whole batch at 512 px
 # could otherwise need gigabytes at once
 _CHUNK_ELEMENTS = 1 << 26
 
 
-def _binary_masks(mask_logits: Tensor, size: tuple[int, int], threshold: float, valid: Optional[Tensor] = None,
-                  confidence: bool = True) -> tuple[Tensor, Tensor]:
+def _binary_masks(mask_logits: Tensor, size: tuple[int, int], threshold: float,
+                  valid: Optional[Tensor] = None) -> Tensor:
     """(N, h, w) logits -> (N, H, W) bool masks, upsampled bilinearly before the sigmoid threshold and
-    cut to `valid` (N, H, W) when given, and (N,) the mean mask probability over each mask (0 if empty;
-    all ones without `confidence`, which skips the sigmoid)."""
+    cut to `valid` (N, H, W) when given."""
     n = mask_logits.shape[0]
     if n == 0:
-        return (torch.zeros((0, *size), dtype=torch.bool, device=mask_logits.device),
-                torch.zeros(0, device=mask_logits.device))  # fmt: skip
+        return torch.zeros((0, *size), dtype=torch.bool, device=mask_logits.device)
     # sigmoid(x) > t  <=>  x > logit(t): the sigmoid is only summed over each mask's pixels
     cut = math.log(threshold / (1.0 - threshold))
     step = max(1, _CHUNK_ELEMENTS // (size[0] * size[1]))
-    masks, conf = [], []
+    masks = []
     for i in range(0, n, step):
         up = F.interpolate(mask_logits[i : i + step].detach().float()[None], size=size, mode="bilinear",
                            align_corners=False)[0]  # fmt: skip
         m = up > cut
         if valid is not None:
             m &= valid[i : i + step]
-        if confidence:
-            conf.append((up.sigmoid() * m).flatten(1).sum(1) / m.flatten(1).sum(1).clamp(min=1))
-        else:
-            conf.append(torch.ones(m.shape[0], device=m.device))
         masks.append(m)
-    if len(masks) == 1:
-        return masks[0], conf[0]
-    return torch.cat(masks), torch.cat(conf)
-
-
-def _dedup(masks: Tensor, iou_threshold: float) -> Tensor:
-    """Indices of masks kept by greedy mask-IoU suppression; `masks` (N, H, W) sorted by score."""
-    return _dedup_per_image(masks, [masks.shape[0]], iou_threshold)
+    return masks[0] if len(masks) == 1 else torch.cat(masks)
 
 
 def _dedup_per_image(masks: Tensor, counts: list[int], iou_threshold: float) -> Tensor:
@@ -222,7 +159,6 @@ class PseudoLabeler:
     mask_threshold: float = 0.5
     min_mask_area: int = 5
     dedup_iou: Optional[float] = 0.9
-    mask_score_power: float = 0.0
 
     @classmethod
     def from_config(cls, semi_cfg) -> PseudoLabeler:
@@ -232,7 +168,6 @@ class PseudoLabeler:
             mask_threshold=semi_cfg.mask_threshold,
             min_mask_area=semi_cfg.min_mask_area,
             dedup_iou=semi_cfg.pseudo_dedup_iou,
-            mask_score_power=semi_cfg.pseudo_mask_score_power,
         )
 
     def __call__(
@@ -246,5 +181,4 @@ class PseudoLabeler:
             mask_threshold=self.mask_threshold,
             min_mask_area=self.min_mask_area,
             dedup_iou=self.dedup_iou,
-            mask_score_power=self.mask_score_power,
         )

@@ -16,7 +16,6 @@ by the Depth Controller's weight w: unsup_weight * ((1 - w) L_rgb + w L_depth).
 
 from __future__ import annotations
 
-import dataclasses
 import time
 
 import torch
@@ -50,20 +49,18 @@ from torch import nn
 from tqdm import tqdm
 
 
-def _forward(ctx: RunContext, model: nn.Module, images: torch.Tensor, batch, targets=None) -> dict:
-    """`targets`: ground truth for mask-piloted queries (labelled batches only: one unlabelled output
-    is compared with two pseudo-label sets, so it must not be piloted by either)."""
+def _forward(ctx: RunContext, model: nn.Module, images: torch.Tensor, batch) -> dict:
     with ctx.autocast:
-        return model(images, batch.features if ctx.use_depth else None, ~batch.valid, targets=targets)
+        return model(images, batch.features if ctx.use_depth else None, ~batch.valid)
 
 
 def supervised_losses(ctx: RunContext, model: nn.Module, batch) -> dict[str, torch.Tensor]:
     """Labelled loss on the RGB view, plus `semi.depth_view_weight` x the loss on the depth view when
     the teacher must read depth (the depth view would otherwise double the supervised loss)."""
-    losses = ctx.criterion(_forward(ctx, model, batch.images, batch, batch.targets), batch.targets)
+    losses = ctx.criterion(_forward(ctx, model, batch.images, batch), batch.targets)
     if ctx.cfg.semi.depth_pseudo_labels:
-        view = render_depth_view(batch.depth, batch.valid, colormap=ctx.cfg.semi.depth_view)
-        depth_losses = ctx.criterion(_forward(ctx, model, view, batch, batch.targets), batch.targets)
+        view = render_depth_view(batch.depth, batch.valid)
+        depth_losses = ctx.criterion(_forward(ctx, model, view, batch), batch.targets)
         dw = ctx.cfg.semi.depth_view_weight
         losses = {**{f"{k}_rgbview": v for k, v in losses.items()},
                   **{f"{k}_depthview": dw * v for k, v in depth_losses.items()}}
@@ -85,7 +82,7 @@ def teacher_pseudo_labels(ctx: RunContext, teacher: nn.Module, batch,
     depth = None
     if semi.depth_pseudo_labels:
         with timer("teacher"):
-            view = render_depth_view(batch.depth, batch.valid, colormap=semi.depth_view)
+            view = render_depth_view(batch.depth, batch.valid)
             out_depth = _forward(ctx, teacher, view, batch)
         with timer("pseudo_labels"):
             depth = label(out_depth, size, batch.valid)
@@ -126,9 +123,7 @@ def stage_schedules(cfg: Config) -> dict[str, TrainConfig]:
     if start_b > 0:
         out["A"] = stage_schedule(cfg.train, 0, start_b)
     if start_b < end:
-        # the student starts from a trained teacher: its peak rate may be lower than the teacher's
-        b = stage_schedule(cfg.train, start_b, end)
-        out["B"] = dataclasses.replace(b, lr=cfg.train.lr * cfg.semi.student_lr_mult)
+        out["B"] = stage_schedule(cfg.train, start_b, end)
     return out
 
 

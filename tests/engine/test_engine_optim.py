@@ -73,9 +73,7 @@ def test_the_logged_lr_follows_each_stage_of_a_run(tiny_cache, tiny_config, tmp_
 
     common = ["train.max_iter=6", "semi.enabled=true", "semi.teacher_iters=3", "semi.burn_in_iter=1",
               "semi.score_threshold=0.0", "train.warmup_iters=0", "train.schedule=step", "train.checkpoint_period=0"]
-    cases = {"train.step_fractions=[0.5]": [1, 1, 0.1, 1, 1, 0.1], "train.steps=[4]": [1, 1, 1, 1, 0.1, 0.1],
-             # the student's peak rate as a multiple of the teacher's
-             "train.step_fractions=[0.5] semi.student_lr_mult=0.5": [1, 1, 0.1, 0.5, 0.5, 0.05]}
+    cases = {"train.step_fractions=[0.5]": [1, 1, 0.1, 1, 1, 0.1], "train.steps=[4]": [1, 1, 1, 1, 0.1, 0.1]}
     for i, (over, expected) in enumerate(cases.items()):
         out = tmp_path / f"run{i}"
         train(tiny_config(tiny_cache, out, *common, *over.split()))
@@ -88,12 +86,12 @@ def test_the_student_optimiser_starts_at_its_own_peak_rate():
     from dgseg.pipeline.engine.optim import build_optimizer
 
     cfg = load_config(None, ["semi.enabled=true", "semi.teacher_iters=100", "train.max_iter=300", "train.lr=0.002",
-                             "semi.student_lr_mult=0.1", "train.backbone_lr_mult=0.5"])
+                             "train.backbone_lr_mult=0.5"])
     model = _model_with_every_kind_of_parameter()
     s = stage_schedules(cfg)
-    assert s["A"].lr == pytest.approx(0.002) and s["B"].lr == pytest.approx(0.0002)
+    assert s["A"].lr == pytest.approx(0.002) and s["B"].lr == pytest.approx(0.002)
     rates = sorted({round(g["lr"], 12) for g in build_optimizer(model, s["B"]).param_groups})
-    assert rates == pytest.approx([0.0001, 0.0002])  # heads and backbone, both scaled
+    assert rates == pytest.approx([0.001, 0.002])  # backbone and heads
 
 
 def _model_with_every_kind_of_parameter() -> nn.Module:

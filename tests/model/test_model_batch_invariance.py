@@ -52,10 +52,9 @@ def _model(channels: dict[str, int], recipe: str = "default"):
     cfg = ModelConfig(backbone="resnet18", hidden_dim=32, mask_dim=16, num_queries=8, nheads=2,
                       dim_feedforward=64, dec_layers=3, enc_layers=2)  # fmt: skip
     cfg.depth_fusion.sources = {"res2": "path_3", "res3": "path_3", "res4": "path_4", "res5": "path_4"}
-    if recipe == "from-scratch":  # the demo's recipe, queries chosen from the encoder's tokens, RoI class head
+    if recipe == "from-scratch":  # the demo's recipe: fusion inside the backbone, RoI class head
         cfg.depth_fusion.inside_backbone = True
         cfg.depth_fusion.init = "open"
-        cfg.query_init = "encoder"
         cfg.roi_classifier = True
     model = build_model(cfg, 3, {k: channels[k] for k in ("path_3", "path_4")}).eval()
     if cfg.roi_classifier:  # its last layer starts at zero: give it weights, so its boxes are tested too

@@ -97,21 +97,3 @@ def test_targets_of_unpadded_size_and_deep_supervision_switch():
     assert set(losses) == set(WEIGHTS)
     with pytest.raises(ValueError, match="exceed"):
         _criterion()(out, [_target(1, size=40), _target(1)])
-
-
-def test_matched_class_loss_is_the_weighted_mean_over_matched_queries_only():
-    """The piloted queries' class loss (fixed slots, no "no object" targets)."""
-    torch.manual_seed(0)
-    crit = _criterion()
-    logits = torch.randn(2, 5, 4, requires_grad=True)
-    targets = [_target(2), _target(1)]
-    indices = [(torch.tensor([3, 0]), torch.tensor([0, 1])), (torch.tensor([4]), torch.tensor([0]))]
-    weights = torch.tensor([1.0, 0.5])
-    got = crit.loss_matched_labels({"pred_logits": logits}, targets, indices, weights)
-    ces = [F.cross_entropy(logits[0, 3], targets[0]["labels"][0]),
-           F.cross_entropy(logits[0, 0], targets[0]["labels"][1]),
-           0.5 * F.cross_entropy(logits[1, 4], targets[1]["labels"][0])]
-    torch.testing.assert_close(got, sum(ces) / 3)
-    empty = [(torch.tensor([], dtype=torch.int64),) * 2] * 2
-    zero = crit.loss_matched_labels({"pred_logits": logits}, [_target(0), _target(0)], empty, weights)
-    assert zero.item() == 0.0 and zero.requires_grad

@@ -126,23 +126,10 @@ def test_open_init_uses_depth_from_step_zero_and_identity_does_not():
         DepthFusion({"res4": "path_4"}, BACKBONE, {"path_4": 8}, init="zeros")
 
 
-def test_stem_fusion_reaches_every_later_stage_and_needs_a_reader():
-    """res1 (the stride-2 stem) as a source: inside the backbone, res2..res5 compute on the fused stem;
-    side by side at mask stride 4 nothing would read it, which is refused with the two ways out."""
+def test_res1_is_not_a_fusion_level():
+    """The stride-2 stem source was removed (docs/experiments/2026-12-04-removed-options.md): refused by name."""
     cfg = _small_cfg(True)
     cfg.depth_fusion.sources = {"res1": "depth_s2"}
     cfg.depth_fusion.inside_backbone = True
-    cfg.depth_fusion.init = "open"
-    torch.manual_seed(0)
-    model = build_model(cfg, 3, {"depth_s2": 1}).eval()
-    assert "res1" in model.backbone.channels and "res1" not in model.pixel_decoder.fpn_features
-    x = (torch.rand(2, 3, 64, 64) - model.pixel_mean) / model.pixel_std
-    d1, d2 = {"depth_s2": torch.rand(2, 1, 32, 32)}, {"depth_s2": torch.rand(2, 1, 32, 32)}
-    r1 = model.backbone(x, fuse=lambda lvl, f: model.depth_fusion.fuse_level(lvl, f, d1))
-    r2 = model.backbone(x, fuse=lambda lvl, f: model.depth_fusion.fuse_level(lvl, f, d2))
-    assert all(not torch.allclose(r1[k], r2[k]) for k in ("res1", "res2", "res5"))
-    cfg.depth_fusion.inside_backbone = False
-    with pytest.raises(ValueError, match="nothing would read it"):
+    with pytest.raises(ValueError, match="res1"):
         build_model(cfg, 3, {"depth_s2": 1})
-    cfg.mask_stride = 2  # the stride-2 mask features read the fused stem
-    assert "res1" in build_model(cfg, 3, {"depth_s2": 1}).pixel_decoder.fpn_features

@@ -15,11 +15,11 @@ def _cfg(**kw) -> ModelConfig:
     return cfg
 
 
-@pytest.mark.parametrize("mask_stride", [4, 2])
 @pytest.mark.parametrize("size", [(64, 64), (50, 70)])
-def test_outputs_for_padded_and_unpadded_inputs(size, mask_stride):
-    model = build_model(_cfg(mask_stride=mask_stride), 4, {"path_3": 8, "path_4": 5})
-    assert model.mask_stride == mask_stride
+def test_outputs_for_padded_and_unpadded_inputs(size):
+    model = build_model(_cfg(), 4, {"path_3": 8, "path_4": 5})
+    mask_stride = model.mask_stride
+    assert mask_stride == 4
     h, w = size
     depth = {"path_3": torch.randn(2, 8, h // 8, w // 8), "path_4": torch.randn(2, 5, 3, 4)}
     out = model(torch.rand(2, 3, h, w), depth)
@@ -31,7 +31,7 @@ def test_outputs_for_padded_and_unpadded_inputs(size, mask_stride):
         assert aux["pred_masks"].shape == (2, 6, mh, mw) and aux["pred_logits"].shape == (2, 6, 5)
     targets = [{"labels": torch.tensor([1]), "masks": torch.rand(1, h, w) > 0.5},
                {"labels": torch.zeros(0, dtype=torch.int64), "masks": torch.zeros(0, h, w, dtype=torch.bool)}]
-    losses = build_criterion(_cfg(mask_stride=mask_stride), 4)(out, targets)
+    losses = build_criterion(_cfg(), 4)(out, targets)
     sum(losses.values()).backward()
     assert all(p.grad is not None for n, p in model.named_parameters() if n.startswith("backbone."))
 
@@ -71,3 +71,16 @@ def test_padding_mask_shape_is_checked_and_a_copy_masks_its_own_backbone():
         alone = teacher(images[:1, :, :40, :60])
     torch.testing.assert_close(a["pred_logits"], b["pred_logits"])
     torch.testing.assert_close(b["pred_logits"][:1], alone["pred_logits"], atol=1e-5, rtol=0)
+
+
+def test_ground_truth_never_enters_the_forward():
+    """Mask-piloted queries were removed (docs/experiments/2026-12-04-removed-options.md): the model's
+    forward takes images, depth and padding only, and the decoder's forward no ground truth either."""
+    import inspect
+
+    from dgseg.pipeline.model.mask_former import MaskFormer
+    from dgseg.pipeline.model.transformer_decoder import MaskedTransformerDecoder
+
+    assert list(inspect.signature(MaskFormer.forward).parameters) == ["self", "images", "depth_features", "mask"]
+    assert list(inspect.signature(MaskedTransformerDecoder.forward).parameters) == [
+        "self", "features", "mask_features", "mask"]

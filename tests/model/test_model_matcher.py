@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from dgseg.pipeline.model.matcher import HungarianMatcher
+from matcher_reference import cost_matrix
 
 
 def _case(g, q, n, k=3, h=6, w=8):
@@ -28,7 +29,7 @@ def test_assignment_is_optimal_against_brute_force(q, n):
         torch.manual_seed(trial)
         (rows, cols), = matcher(outputs, [{"labels": labels, "masks": tgt}])
         torch.manual_seed(trial)  # the same random points as the call above
-        cost = matcher.cost_matrix(logits, masks, labels, tgt)
+        cost = cost_matrix(matcher, logits, masks, labels, tgt)
         assert len(rows) == min(q, n) and len(set(rows.tolist())) == len(rows) and len(set(cols.tolist())) == len(cols)
         got = cost[rows, cols].sum().item()
         if q >= n:
@@ -43,7 +44,7 @@ def test_cost_terms_match_a_direct_computation():
     logits, masks, labels, tgt = _case(g, 3, 2)
     points = torch.rand(50, 2, generator=g)
     matcher = HungarianMatcher(cost_class=2.0, cost_mask=5.0, cost_dice=3.0, num_points=50)
-    cost = matcher.cost_matrix(logits, masks, labels, tgt, points=points)
+    cost = cost_matrix(matcher, logits, masks, labels, tgt, points=points)
     grid = (2 * points - 1)[None, :, None, :]
     pred = F.grid_sample(masks[:, None], grid.expand(3, -1, -1, -1), align_corners=False)[:, 0, :, 0]
     tp = F.grid_sample(tgt[:, None].float(), grid.expand(2, -1, -1, -1), align_corners=False)[:, 0, :, 0]
@@ -81,7 +82,7 @@ def test_images_without_targets_match_nothing():
 
 
 class PerImageMatcher(HungarianMatcher):
-    """The matcher as it was: one `cost_matrix` per image (the reference for the batched costs)."""
+    """The matcher as it was: one `cost_matrix` (matcher_reference.py) per image (the batched costs' reference)."""
 
     @torch.no_grad()
     def forward(self, outputs, targets):
@@ -93,7 +94,7 @@ class PerImageMatcher(HungarianMatcher):
             if len(t["labels"]) == 0:
                 out.append((torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.int64)))
                 continue
-            cost = self.cost_matrix(outputs["pred_logits"][b], outputs["pred_masks"][b], t["labels"], t["masks"],
+            cost = cost_matrix(self, outputs["pred_logits"][b], outputs["pred_masks"][b], t["labels"], t["masks"],
                                     points=points[b])
             r, c = linear_sum_assignment(cost.numpy())
             out.append((torch.as_tensor(r, dtype=torch.int64), torch.as_tensor(c, dtype=torch.int64)))
@@ -119,7 +120,7 @@ def test_batched_costs_equal_the_per_image_costs():
     for b, t in enumerate(targets):
         assert costs[b].shape == (6, len(t["labels"]))
         if len(t["labels"]):
-            want = matcher.cost_matrix(logits[b], masks[b], t["labels"], t["masks"], points=points[b])
+            want = cost_matrix(matcher, logits[b], masks[b], t["labels"], t["masks"], points=points[b])
             torch.testing.assert_close(costs[b], want, rtol=1e-6, atol=1e-6)
 
 

@@ -142,14 +142,6 @@ def test_overfits_eight_small_scenes():
     assert train_and_score(images, targets, steps=40, cfg=small_config()) >= 0.8
 
 
-def test_overfits_eight_small_scenes_with_stride_2_masks():
-    """The stem joins the pixel decoder's FPN path: masks at H/2, same learning as at H/4."""
-    images, targets, _ = make_scenes(8, 64)
-    cfg = small_config()
-    cfg.mask_stride = 2
-    assert train_and_score(images, targets, steps=40, cfg=cfg) >= 0.8
-
-
 @pytest.mark.slow
 def test_overfits_sixteen_scenes():
     images, targets, _ = make_scenes(16, 96, seed=1)

@@ -17,27 +17,25 @@ def _valid(B=2, H=12, W=16):
     return valid
 
 
-@pytest.mark.parametrize("colormap", ["gray", "jet"])
-def test_range_padding_and_determinism(colormap):
+def test_range_padding_and_determinism():
     depth, valid = _depth(), _valid()
-    view = render_depth_view(depth, valid, colormap=colormap)
+    view = render_depth_view(depth, valid)
     assert view.shape == (2, 3, 12, 16) and view.dtype == torch.float32
     assert view.min() >= 0 and view.max() <= 1
     assert (view.permute(1, 0, 2, 3)[:, ~valid] == 0).all()
-    assert torch.equal(view, render_depth_view(depth.clone(), valid.clone(), colormap=colormap))
+    assert torch.equal(view, render_depth_view(depth.clone(), valid.clone()))
     # an image's view does not depend on its batch neighbours
-    assert torch.equal(view[1:], render_depth_view(depth[1:], valid[1:], colormap=colormap))
+    assert torch.equal(view[1:], render_depth_view(depth[1:], valid[1:]))
 
 
-@pytest.mark.parametrize("colormap", ["gray", "jet"])
-def test_invariant_to_positive_scale_and_offset_per_image(colormap):
+def test_invariant_to_positive_scale_and_offset_per_image():
     depth, valid = _depth(), _valid()
-    view = render_depth_view(depth, valid, colormap=colormap)
+    view = render_depth_view(depth, valid)
     scaled = depth.clone()
     scaled[0] = depth[0] * 7.5 + 3.0
     scaled[1] = depth[1] * 0.02 - 1.0
-    # 1e-4: float32 rounding of the shifted input itself (range 0.02 around -1), times jet's slope 4
-    torch.testing.assert_close(render_depth_view(scaled, valid, colormap=colormap), view, rtol=0, atol=1e-4)
+    # 1e-4: float32 rounding of the shifted input itself (range 0.02 around -1)
+    torch.testing.assert_close(render_depth_view(scaled, valid), view, rtol=0, atol=1e-4)
 
 
 def test_padding_values_do_not_change_the_view():
@@ -60,15 +58,11 @@ def test_percentile_clip_ignores_outliers_and_full_contrast():
     assert (out[0, 0][keep] - view[0, 0][keep]).abs().max() < 0.05
 
 
-def test_gray_is_monotone_and_jet_is_the_closed_form():
+def test_gray_is_monotone():
     x = torch.linspace(0, 1, 101).reshape(1, 1, 1, 101)
-    gray = render_depth_view(x, colormap="gray", low_pct=0, high_pct=100)
+    gray = render_depth_view(x, low_pct=0, high_pct=100)
     assert torch.equal(gray[0, 0], gray[0, 1]) and torch.equal(gray[0, 0], gray[0, 2])
     torch.testing.assert_close(gray[0, 0, 0], x[0, 0, 0])  # near (1) is bright
-    jet = render_depth_view(x, colormap="jet", low_pct=0, high_pct=100)[0, :, 0]
-    torch.testing.assert_close(jet[:, 0], torch.tensor([0.0, 0.0, 0.5]))
-    torch.testing.assert_close(jet[:, 50], torch.tensor([0.5, 1.0, 0.5]))
-    torch.testing.assert_close(jet[:, 100], torch.tensor([0.5, 0.0, 0.0]))
 
 
 def test_flat_and_constant_maps():
@@ -93,8 +87,6 @@ def test_bad_input_is_named():
         render_depth_view(torch.rand(2, 12, 16))
     with pytest.raises(ValueError, match="valid"):
         render_depth_view(_depth(), torch.ones(2, 12, 15, dtype=torch.bool))
-    with pytest.raises(ValueError, match="colormap"):
-        render_depth_view(_depth(), colormap="turbo")
 
 
 def test_depth_view_loss_weight_is_a_config_value():

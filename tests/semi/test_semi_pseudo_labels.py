@@ -6,7 +6,8 @@ import pytest
 import torch
 from dgseg.pipeline.config import SemiConfig
 from dgseg.pipeline.model.postprocess import mask_iou
-from dgseg.pipeline.semi.pseudo_labels import PseudoLabeler, make_pseudo_labels, per_image_pseudo_labels
+from dgseg.pipeline.semi.pseudo_labels import PseudoLabeler, make_pseudo_labels
+from semi_reference import per_image_pseudo_labels
 
 H = W = 8  # canvas; mask logits come at H/2 x W/2
 BIG = 10.0
@@ -151,16 +152,15 @@ def test_bad_shapes_are_named():
 
 
 def test_labeler_from_config():
-    cfg = SemiConfig(score_threshold=0.5, min_mask_area=3, pseudo_dedup_iou=None, pseudo_mask_score_power=2.0)
+    cfg = SemiConfig(score_threshold=0.5, min_mask_area=3, pseudo_dedup_iou=None)
     labeler = PseudoLabeler.from_config(cfg)
     assert labeler.score_threshold == 0.5 and labeler.min_mask_area == 3 and labeler.dedup_iou is None
-    assert labeler.mask_score_power == 2.0
     (res,) = labeler(_outputs([((0.1, 0.6, 0.3), GOOD_MASK)]), (H, W))
     assert res["labels"].tolist() == [1]
 
 
-@pytest.mark.parametrize("dedup,power", [(0.5, 0.0), (None, 0.0), (0.5, 8.0)])
-def test_batched_filtering_equals_the_per_image_reference(dedup, power):
+@pytest.mark.parametrize("dedup", [0.5, None])
+def test_batched_filtering_equals_the_per_image_reference(dedup):
     g = torch.Generator().manual_seed(7)
     b, q, k, size = 5, 12, 3, (24, 20)
     logits = torch.randn(b, q, k + 1, generator=g) * 3
@@ -170,8 +170,7 @@ def test_batched_filtering_equals_the_per_image_reference(dedup, power):
     low[:, 1] = low[:, 0] + 0.01  # near-duplicates of query 0 in every image
     valid = torch.ones(b, *size, dtype=torch.bool)
     valid[1, :, 12:] = False
-    kw = dict(score_threshold=0.4 if power == 0 else 0.15, mask_threshold=0.5, min_mask_area=6, dedup_iou=dedup,
-              mask_score_power=power)
+    kw = dict(score_threshold=0.4, mask_threshold=0.5, min_mask_area=6, dedup_iou=dedup)
     outputs = {"pred_logits": logits, "pred_masks": low}
     got = make_pseudo_labels(outputs, size, valid, **kw)
     want = per_image_pseudo_labels(outputs, size, valid, **kw)
@@ -179,41 +178,4 @@ def test_batched_filtering_equals_the_per_image_reference(dedup, power):
     for r, w in zip(got, want, strict=True):
         assert r["labels"].tolist() == w["labels"].tolist()
         assert torch.equal(r["masks"], w["masks"])
-        # the mean mask probability is a sum over pixels, reduced in another order in the batched form
-        tol = dict(rtol=0, atol=0) if power == 0 else dict(rtol=1e-6, atol=1e-7)
-        torch.testing.assert_close(r["scores"], w["scores"], **tol)
-
-
-def test_mask_score_power_keeps_the_sure_mask_over_the_sure_class():
-    # query 0: class 0.9, hesitant mask (logits +-0.4 -> mean mask probability 0.57 at the block's centre);
-    # query 1: class 0.6, sure mask elsewhere. On the class alone (threshold 0.5) both pass; with the mask
-    # term to the 8th power only query 1 does.
-    hesitant = _block(0, 2, 0, 2, value=0.4)
-    sure = _block(2, 4, 2, 4)
-    out = _outputs([(GOOD_PROBS, hesitant), ((0.1, 0.6, 0.3), sure)])
-    kw = {**KW, "score_threshold": 0.5}
-    (plain,) = make_pseudo_labels(out, (H, W), **kw)
-    assert len(plain["labels"]) == 2
-    (res,) = make_pseudo_labels(out, (H, W), **kw, mask_score_power=8.0)
-    assert res["labels"].tolist() == [1]
-    up = torch.nn.functional.interpolate(sure[None, None], size=(H, W), mode="bilinear", align_corners=False)[0, 0]
-    inside = up > 0
-    want = 0.6 * up.sigmoid()[inside].mean() ** 8
-    torch.testing.assert_close(res["scores"], want[None])
-    assert torch.equal(res["masks"][0], inside)
-
-
-def test_mask_score_is_measured_inside_the_valid_region():
-    # the mask spills into the padding where its logits are low: cut there, the confidence rises
-    m = _block(0, 4, 0, 2)
-    m[:, 2:] = 0.3  # weakly on over the right half, which is padding
-    valid = torch.zeros(1, H, W, dtype=torch.bool)
-    valid[:, :, :4] = True
-    out = _outputs([((0.04, 0.95, 0.01), m)])
-    kw = {**KW, "score_threshold": 0.0, "mask_score_power": 1.0}
-    (cut,) = make_pseudo_labels(out, (H, W), valid, **kw)
-    (whole,) = make_pseudo_labels(out, (H, W), **kw)
-    assert cut["masks"][0][:, 4:].sum() == 0
-    assert float(cut["scores"][0]) > float(whole["scores"][0])
-    up = torch.nn.functional.interpolate(m[None, None], size=(H, W), mode="bilinear", align_corners=False)[0, 0]
-    torch.testing.assert_close(cut["scores"][0], 0.95 * up.sigmoid()[(up > 0) & valid[0]].mean())
+        assert torch.equal(r["scores"], w["scores"])
