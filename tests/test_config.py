@@ -318,3 +318,34 @@ def test_config_show_names_each_leaf_s_own_source(tmp_path):
     assert "* max_iter = 50   (default 1000; from command-line override 'train.max_iter=50')" in text
     assert '* sources = {"res2": "path_4", "res3": "path_4", "res5": "path_4"}   (default ' in text
     assert f"from {tmp_path / 'base.yaml'})" in text.split("* sources = ")[1].splitlines()[0]
+
+
+def test_docs_config_md_is_the_rendering_of_the_defaults():
+    """Regenerate with `python cli.py config show --markdown > docs/config.md` when a field changes."""
+    from dgseg.pipeline.config import resolve_config
+    from dgseg.pipeline.config.show import format_config_markdown
+
+    rendered = format_config_markdown(resolve_config(None))
+    assert (CONFIGS.parent / "docs" / "config.md").read_text() == rendered, "docs/config.md is stale"
+    for key, _, f in _leaf_fields(Config):  # every key is in it, with its meaning
+        assert f"| `{key.rsplit('.', 1)[1]}` |" in rendered and f.metadata["help"].replace("|", "\\|") in rendered
+
+
+def test_train_without_config_refuses_with_a_hint(tmp_path):
+    proc = _cli("train", f"train.output_dir={tmp_path / 'run'}")
+    assert proc.returncode != 0
+    assert "train needs --config: give --config demo" in proc.stderr and "config list" in proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("command", ["evaluate", "predict"])
+def test_evaluate_and_predict_use_the_run_folder_config_when_no_config_is_given(tmp_path, command):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model_final.pth").write_bytes(b"not a checkpoint")
+    extra = ["--images", str(run / "model_final.pth"), "--out", str(tmp_path / "out")] if command == "predict" else []
+    proc = _cli(command, "--checkpoint", str(run), *extra)
+    assert proc.returncode != 0 and "holds no config.yaml" in proc.stderr
+    (run / "config.yaml").write_text("train:\n  max_iter: 7\n")
+    proc = _cli(command, "--checkpoint", str(run), *extra)
+    assert f"using the run's config {run / 'config.yaml'} (no --config given)" in proc.stderr
