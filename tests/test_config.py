@@ -166,6 +166,7 @@ def test_unknown_key_on_the_command_line_is_a_command_line_error(tmp_path):
     (["depth.mode=none"], r"model\.depth_fusion\.enabled=True .*depth\.mode=none"),
     (["depth.estimator.name=depth-anything-v2-vits", "depth.estimator.input_size=500"],
      r"depth\.estimator\.input_size=500 \(command-line override .*multiple of 14"),
+    (["model.depth_fusion.sources={res2: depth_s32}"], r"reads level\(s\) \['depth_s32'\] that depth\.cache\.levels="),
     # the data resample every cached level to data.feature_stride: depth_s4 at stride 8 is a stride-8 map
     (["data.feature_stride=8"], r"reads depth_s4 \(stride 4\) for res2 .*data\.feature_stride=8 \(command-line"),
 ])
@@ -214,8 +215,8 @@ def test_warmup_and_periods_beyond_their_stage_are_warned():
     assert not any("checkpoint_period" in m for m in found)  # 0 means "only at the end", on purpose
     found = _warnings_of(CONFIGS / "demo.yaml", ["semi.teacher_iters=20"])
     assert len(found) == 1 and "warmup_iters=30 (" in found[0] and "stage A (20 steps)" in found[0]
-    found = _warnings_of(CONFIGS / "demo.yaml", ["semi.teacher_iters=1200"])
-    assert any("stage B never starts" in m for m in found)
+    with pytest.raises(ConfigError, match=r"semi\.teacher_iters=1200 .*longer than train\.max_iter"):
+        load_config(CONFIGS / "demo.yaml", ["semi.teacher_iters=1200"])
 
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
@@ -235,14 +236,14 @@ def _cli(*args: str):
 
 
 def test_config_show_lists_every_key_with_value_default_source_and_meaning():
-    proc = _cli("config", "show", "--config", "configs/demo.yaml", "train.max_iter=160")
+    proc = _cli("config", "show", "--config", "configs/demo.yaml", "train.max_iter=1600")
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     for key, _, f in _leaf_fields(Config):
         section, name = key.rsplit(".", 1)
         assert f"[{section}]" in out and f" {name} = " in out, key
         assert f.metadata["help"] in out, key
-    assert "* max_iter = 160   (default 1000; from command-line override 'train.max_iter=160')" in out
+    assert "* max_iter = 1600   (default 1000; from command-line override 'train.max_iter=1600')" in out
     assert "* lr = 0.001   (default 0.0001; from configs/demo.yaml)" in out
     assert "  batch_size = 8   (the default" in out  # the demo sets it to the default value
     changed = _cli("config", "show", "--config", "configs/demo.yaml", "--changed").stdout
@@ -280,11 +281,11 @@ def _child_of_a_base(tmp_path, child_text: str) -> Path:
 def test_a_mapping_value_in_a_child_file_replaces_the_base_value_as_an_override_does(tmp_path):
     from dgseg.pipeline.config import resolve_config
 
-    child = _child_of_a_base(tmp_path, "model:\n  depth_fusion:\n    sources: {res2: depth_s4}\n")
+    child = _child_of_a_base(tmp_path, "model:\n  depth_fusion:\n    sources: {res2: path_4}\n")
     by_file = resolve_config(child)
-    by_override = resolve_config(tmp_path / "base.yaml", ["model.depth_fusion.sources={res2: depth_s4}"])
-    assert by_file.config.model.depth_fusion.sources == {"res2": "depth_s4"}
-    assert by_override.config.model.depth_fusion.sources == {"res2": "depth_s4"}
+    by_override = resolve_config(tmp_path / "base.yaml", ["model.depth_fusion.sources={res2: path_4}"])
+    assert by_file.config.model.depth_fusion.sources == {"res2": "path_4"}
+    assert by_override.config.model.depth_fusion.sources == {"res2": "path_4"}
     # the sections around the value merge: the base's other keys stay, with the base as their source
     assert by_file.config.model.hidden_dim == 64 and by_file.config.train.lr == pytest.approx(0.002)
     assert by_file.where("model.depth_fusion.sources") == str(child)
