@@ -166,7 +166,6 @@ def test_unknown_key_on_the_command_line_is_a_command_line_error(tmp_path):
     (["depth.mode=none"], r"model\.depth_fusion\.enabled=True .*depth\.mode=none"),
     (["depth.estimator.name=depth-anything-v2-vits", "depth.estimator.input_size=500"],
      r"depth\.estimator\.input_size=500 \(command-line override .*multiple of 14"),
-    (["model.depth_fusion.sources={res2: depth_s32}"], r"reads level\(s\) \['depth_s32'\] that depth\.cache\.levels="),
     # the data resample every cached level to data.feature_stride: depth_s4 at stride 8 is a stride-8 map
     (["data.feature_stride=8"], r"reads depth_s4 \(stride 4\) for res2 .*data\.feature_stride=8 \(command-line"),
 ])

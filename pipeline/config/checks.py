@@ -147,11 +147,6 @@ def check_consistency(cfg: Any, where: Where) -> None:
                     f"cached level to stride {cfg.data.feature_stride} before the model sees it, so the detail "
                     f"{name} was cached for is lost: set data.feature_stride={stride} (coarser levels are then "
                     "resized up, which loses nothing)")
-    if cfg.depth.mode == "cache" and fusion.enabled:
-        missing = sorted(set(fusion.sources.values()) - set(cfg.depth.cache.levels))
-        if missing:
-            raise ConfigError(f"model.depth_fusion.sources ({where('model.depth_fusion.sources')}) reads level(s) "
-                              f"{missing} that {kv('depth.cache.levels')} does not store")
     if cfg.semi.enabled and not cfg.semi.teacher_checkpoint and cfg.semi.teacher_iters > cfg.train.max_iter:
         raise ConfigError(f"{kv('semi.teacher_iters')} is longer than {kv('train.max_iter')}: stage B would start "
                           "after the run ends; raise train.max_iter to semi.teacher_iters (stage A alone) or above")

@@ -55,6 +55,12 @@ def open_reader(cfg: Config):
         return None
     from dgseg.depth_cache.reader import open_cache
 
+    # not a load-time check: precompute-depth may fill a cache for another model's sources
+    missing = [lv for lv in needed_levels(cfg) if lv not in cfg.depth.cache.levels]
+    if missing:
+        raise ValueError(
+            f"Depth Fusion reads level(s) {missing} that depth.cache.levels {cfg.depth.cache.levels} does not store"
+        )
     return open_cache(cfg.depth.cache.root, cfg.depth.estimator, cfg.depth.cache)
 
 
