@@ -50,6 +50,24 @@ def _load(config: str | None, overrides: tuple[str, ...]):
     return _resolve(config, overrides).config
 
 
+TRAIN_NEEDS_CONFIG = ("train needs --config: give --config demo (a shipped config), or a YAML file; "
+                      "`dgseg config list` names the shipped ones")
+
+
+def _run_config(config: str | None, checkpoint: str) -> str:
+    """`--config` as given, else the `config.yaml` that training saved in the checkpoint's run folder
+    (said on stderr, so the user knows which config was used)."""
+    if config is not None:
+        return config
+    run = Path(checkpoint) if Path(checkpoint).is_dir() else Path(checkpoint).parent
+    saved = run / "config.yaml"
+    if not saved.is_file():
+        raise click.ClickException(f"no --config given and {run} holds no config.yaml (the one training saves "
+                                   "there): give --config NAME or a YAML file")
+    click.echo(f"using the run's config {saved} (no --config given)", err=True)
+    return str(saved)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="dgseg", prog_name="dgseg")
 def main() -> None:
@@ -346,6 +364,8 @@ def train_cmd(config: str | None, resume: bool, overwrite: bool, overrides: tupl
     A run folder (train.output_dir) that already holds a run is refused unless --resume or --overwrite."""
     from dgseg.pipeline.engine.run_dir import prepare_run_dir
 
+    if config is None:
+        raise click.ClickException(TRAIN_NEEDS_CONFIG)
     cfg = _load(config, overrides)
     try:  # before anything imports torch, so a refusal is immediate
         prepare_run_dir(cfg.train.output_dir, resume, overwrite, is_main=int(os.environ.get("RANK", "0")) == 0)
@@ -372,10 +392,11 @@ def train_cmd(config: str | None, resume: bool, overwrite: bool, overrides: tupl
 @click.argument("overrides", nargs=-1)
 def evaluate_cmd(config: str | None, checkpoint: str, which: str, out_dir: str | None,
                  overrides: tuple[str, ...]) -> None:
-    """COCO mask AP of a checkpoint on the val split (depth read from the cache)."""
+    """COCO mask AP of a checkpoint on the val split (depth read from the cache). Without --config, the
+    config.yaml of the checkpoint's run folder."""
     from dgseg.pipeline.engine.evaluate import evaluate_checkpoint
 
-    cfg = _load(config, overrides)
+    cfg = _load(_run_config(config, checkpoint), overrides)
     try:
         evaluate_checkpoint(cfg, checkpoint, out_dir, which)
     except _user_errors() as err:
@@ -396,10 +417,11 @@ def evaluate_cmd(config: str | None, checkpoint: str, which: str, out_dir: str |
 def predict_cmd(config: str | None, checkpoint: str, inputs: tuple[str, ...], out_dir: str, which: str,
                 score_threshold: float, overrides: tuple[str, ...]) -> None:
     """Segment new images (running the depth source on them): masks drawn to PNG files, COCO results
-    (the dataset's category ids, RLE) to results.json, per-image counts and notes to summary.json."""
+    (the dataset's category ids, RLE) to results.json, per-image counts and notes to summary.json.
+    Without --config, the config.yaml of the checkpoint's run folder."""
     from dgseg.pipeline.engine.predict import predict_images
 
-    cfg = _load(config, overrides)
+    cfg = _load(_run_config(config, checkpoint), overrides)
     try:
         written = predict_images(cfg, checkpoint, [Path(p) for p in inputs], Path(out_dir), which, score_threshold)
     except _user_errors() as err:
@@ -434,15 +456,19 @@ def config_list_cmd() -> None:
 @config_group.command("show")
 @CONFIG_OPTION
 @click.option("--changed", is_flag=True, help="Only the keys whose value differs from the default.")
+@click.option("--markdown", is_flag=True, help="Markdown tables (docs/config.md is this for the defaults).")
 @click.argument("overrides", nargs=-1)
-def config_show_cmd(config: str | None, changed: bool, overrides: tuple[str, ...]) -> None:
+def config_show_cmd(config: str | None, changed: bool, markdown: bool, overrides: tuple[str, ...]) -> None:
     """The resolved config: every key with its value, default, source and meaning (* = not the default).
 
     Checks it as training would: a value out of range fails, schedule traps are warned about."""
-    from dgseg.pipeline.config.show import format_config
+    from dgseg.pipeline.config.show import format_config, format_config_markdown
 
     resolved = _resolve(config, overrides)
-    click.echo(format_config(resolved, changed_only=changed))
+    if markdown:
+        click.echo(format_config_markdown(resolved), nl=False)
+    else:
+        click.echo(format_config(resolved, changed_only=changed))
 
 
 # ---------------------------------------------------------------- benchmarks

@@ -10,8 +10,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from dgseg.pipeline.evaluation.pil_plot import Panel, render_panels
-from dgseg.pipeline.evaluation.visualize import read_log
+from dgseg.pipeline.evaluation.visualize import Panel, curves_figure, read_log, save_figure
 
 
 def main(argv: list[str]) -> None:
@@ -30,7 +29,7 @@ def main(argv: list[str]) -> None:
             ap.series[label] = ([x for x, _ in pts], [y for _, y in pts])
         if ws and len({w for _, w in ws}) > 1:
             weight.series[label] = ([x for x, _ in ws], [y for _, y in ws])
-    render_panels([ap, weight] if weight.series else [ap], out)
+    save_figure(curves_figure([ap, weight] if weight.series else [ap]), out)
     print(f"wrote {out}")
 
 

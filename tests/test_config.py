@@ -214,8 +214,8 @@ def test_warmup_and_periods_beyond_their_stage_are_warned():
     assert not any("checkpoint_period" in m for m in found)  # 0 means "only at the end", on purpose
     found = _warnings_of(CONFIGS / "demo.yaml", ["semi.teacher_iters=20"])
     assert len(found) == 1 and "warmup_iters=30 (" in found[0] and "stage A (20 steps)" in found[0]
-    found = _warnings_of(CONFIGS / "demo.yaml", ["semi.teacher_iters=1200"])
-    assert any("stage B never starts" in m for m in found)
+    with pytest.raises(ConfigError, match=r"semi\.teacher_iters=1200 .*longer than train\.max_iter"):
+        load_config(CONFIGS / "demo.yaml", ["semi.teacher_iters=1200"])
 
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
@@ -235,14 +235,14 @@ def _cli(*args: str):
 
 
 def test_config_show_lists_every_key_with_value_default_source_and_meaning():
-    proc = _cli("config", "show", "--config", "configs/demo.yaml", "train.max_iter=160")
+    proc = _cli("config", "show", "--config", "configs/demo.yaml", "train.max_iter=1600")
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     for key, _, f in _leaf_fields(Config):
         section, name = key.rsplit(".", 1)
         assert f"[{section}]" in out and f" {name} = " in out, key
         assert f.metadata["help"] in out, key
-    assert "* max_iter = 160   (default 1000; from command-line override 'train.max_iter=160')" in out
+    assert "* max_iter = 1600   (default 1000; from command-line override 'train.max_iter=1600')" in out
     assert "* lr = 0.001   (default 0.0001; from configs/demo.yaml)" in out
     assert "  batch_size = 8   (the default" in out  # the demo sets it to the default value
     changed = _cli("config", "show", "--config", "configs/demo.yaml", "--changed").stdout
@@ -280,11 +280,11 @@ def _child_of_a_base(tmp_path, child_text: str) -> Path:
 def test_a_mapping_value_in_a_child_file_replaces_the_base_value_as_an_override_does(tmp_path):
     from dgseg.pipeline.config import resolve_config
 
-    child = _child_of_a_base(tmp_path, "model:\n  depth_fusion:\n    sources: {res2: depth_s4}\n")
+    child = _child_of_a_base(tmp_path, "model:\n  depth_fusion:\n    sources: {res2: path_4}\n")
     by_file = resolve_config(child)
-    by_override = resolve_config(tmp_path / "base.yaml", ["model.depth_fusion.sources={res2: depth_s4}"])
-    assert by_file.config.model.depth_fusion.sources == {"res2": "depth_s4"}
-    assert by_override.config.model.depth_fusion.sources == {"res2": "depth_s4"}
+    by_override = resolve_config(tmp_path / "base.yaml", ["model.depth_fusion.sources={res2: path_4}"])
+    assert by_file.config.model.depth_fusion.sources == {"res2": "path_4"}
+    assert by_override.config.model.depth_fusion.sources == {"res2": "path_4"}
     # the sections around the value merge: the base's other keys stay, with the base as their source
     assert by_file.config.model.hidden_dim == 64 and by_file.config.train.lr == pytest.approx(0.002)
     assert by_file.where("model.depth_fusion.sources") == str(child)
@@ -318,3 +318,34 @@ def test_config_show_names_each_leaf_s_own_source(tmp_path):
     assert "* max_iter = 50   (default 1000; from command-line override 'train.max_iter=50')" in text
     assert '* sources = {"res2": "path_4", "res3": "path_4", "res5": "path_4"}   (default ' in text
     assert f"from {tmp_path / 'base.yaml'})" in text.split("* sources = ")[1].splitlines()[0]
+
+
+def test_docs_config_md_is_the_rendering_of_the_defaults():
+    """Regenerate with `python cli.py config show --markdown > docs/config.md` when a field changes."""
+    from dgseg.pipeline.config import resolve_config
+    from dgseg.pipeline.config.show import format_config_markdown
+
+    rendered = format_config_markdown(resolve_config(None))
+    assert (CONFIGS.parent / "docs" / "config.md").read_text() == rendered, "docs/config.md is stale"
+    for key, _, f in _leaf_fields(Config):  # every key is in it, with its meaning
+        assert f"| `{key.rsplit('.', 1)[1]}` |" in rendered and f.metadata["help"].replace("|", "\\|") in rendered
+
+
+def test_train_without_config_refuses_with_a_hint(tmp_path):
+    proc = _cli("train", f"train.output_dir={tmp_path / 'run'}")
+    assert proc.returncode != 0
+    assert "train needs --config: give --config demo" in proc.stderr and "config list" in proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("command", ["evaluate", "predict"])
+def test_evaluate_and_predict_use_the_run_folder_config_when_no_config_is_given(tmp_path, command):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model_final.pth").write_bytes(b"not a checkpoint")
+    extra = ["--images", str(run / "model_final.pth"), "--out", str(tmp_path / "out")] if command == "predict" else []
+    proc = _cli(command, "--checkpoint", str(run), *extra)
+    assert proc.returncode != 0 and "holds no config.yaml" in proc.stderr
+    (run / "config.yaml").write_text("train:\n  max_iter: 7\n")
+    proc = _cli(command, "--checkpoint", str(run), *extra)
+    assert f"using the run's config {run / 'config.yaml'} (no --config given)" in proc.stderr

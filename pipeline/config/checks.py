@@ -147,6 +147,9 @@ def check_consistency(cfg: Any, where: Where) -> None:
                     f"cached level to stride {cfg.data.feature_stride} before the model sees it, so the detail "
                     f"{name} was cached for is lost: set data.feature_stride={stride} (coarser levels are then "
                     "resized up, which loses nothing)")
+    if cfg.semi.enabled and not cfg.semi.teacher_checkpoint and cfg.semi.teacher_iters > cfg.train.max_iter:
+        raise ConfigError(f"{kv('semi.teacher_iters')} is longer than {kv('train.max_iter')}: stage B would start "
+                          "after the run ends; raise train.max_iter to semi.teacher_iters (stage A alone) or above")
     if cfg.depth.mode == "none" and cfg.semi.enabled and cfg.semi.depth_pseudo_labels:
         raise ConfigError(f"{kv('semi.depth_pseudo_labels')} needs depth for the teacher's depth view, but "
                           f"{kv('depth.mode')}: set semi.depth_pseudo_labels=false or choose depth.mode cache/online")
@@ -175,9 +178,6 @@ def schedule_warnings(cfg: Any, where: Where) -> list[str]:
     out = []
     stages = stage_lengths(cfg)
     if s.enabled and not s.teacher_checkpoint:
-        if s.teacher_iters > t.max_iter:
-            out.append(f"{kv('semi.teacher_iters')} is longer than {kv('train.max_iter')}: the run stops inside "
-                       "stage A (its LR schedule never finishes) and stage B never starts")
         length_b = stages["stage B"]
         if 0 < length_b <= s.burn_in_iter:
             out.append(f"{kv('semi.burn_in_iter')} is not shorter than stage B's {length_b} steps "

@@ -42,13 +42,8 @@ class DepthProvider:
 
 
 def needed_levels(cfg: Config) -> list[str]:
-    """Feature levels the model reads (Depth Fusion sources)."""
-    if cfg.model.depth_fusion.enabled and cfg.depth.mode == "none":
-        raise ValueError("model.depth_fusion.enabled needs depth: set depth.mode to cache or online, "
-                         "or model.depth_fusion.enabled=false")
-    if cfg.semi.enabled and cfg.semi.depth_pseudo_labels and cfg.depth.mode == "none":
-        raise ValueError("semi.depth_pseudo_labels needs depth maps: set depth.mode to cache or online, "
-                         "or semi.depth_pseudo_labels=false")
+    """Feature levels the model reads (Depth Fusion sources; that depth.mode provides them is checked at
+    load time, in pipeline/config/checks.py)."""
     if not cfg.model.depth_fusion.enabled:
         return []
     return sorted(set(cfg.model.depth_fusion.sources.values()))
@@ -60,8 +55,8 @@ def open_reader(cfg: Config):
         return None
     from dgseg.depth_cache.reader import open_cache
 
-    levels = needed_levels(cfg)
-    missing = [lv for lv in levels if lv not in cfg.depth.cache.levels]
+    # not a load-time check: precompute-depth may fill a cache for another model's sources
+    missing = [lv for lv in needed_levels(cfg) if lv not in cfg.depth.cache.levels]
     if missing:
         raise ValueError(
             f"Depth Fusion reads level(s) {missing} that depth.cache.levels {cfg.depth.cache.levels} does not store"

@@ -44,13 +44,9 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
 
 
 def milestones(cfg: TrainConfig) -> list[int]:
-    """The step schedule's milestones in iterations of `cfg.max_iter` (a stage's length)."""
-    if cfg.steps and cfg.step_fractions:
-        raise ValueError(f"train.steps {cfg.steps} and train.step_fractions {cfg.step_fractions}: give one, not both")
+    """The step schedule's milestones in iterations of `cfg.max_iter` (a stage's length); steps and
+    fractions are never both set (checked at load time, in pipeline/config/checks.py)."""
     if cfg.step_fractions:
-        bad = [f for f in cfg.step_fractions if not 0.0 < f < 1.0]
-        if bad:
-            raise ValueError(f"train.step_fractions must lie in (0, 1), got {bad}")
         return [round(f * cfg.max_iter) for f in cfg.step_fractions]
     return list(cfg.steps)
 

@@ -1,7 +1,7 @@
 """Pictures: predicted masks drawn over an image (`cli.py predict`), and training curves.
 
-`draw_instances` needs PIL only. `plot_curves` uses matplotlib when it is installed and
-otherwise a small PIL line chart (`pil_plot`), so a run folder always gets its curve PNG.
+`draw_instances` draws with PIL; `plot_curves` with matplotlib (a dependency), through a `Figure`
+without pyplot, so no global backend or figure state is touched.
 """
 
 from __future__ import annotations
@@ -10,13 +10,13 @@ import colorsys
 import json
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from dgseg.pipeline.evaluation.pil_plot import Panel, _font, render_panels, y_range
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 # Panels of the curve plot and the JSONL keys each one draws (absent keys are skipped,
 # and a panel with no key present is left out). In stage B `val/` is the teacher (the kept model)
@@ -32,6 +32,46 @@ PANEL_AXES: dict[str, dict[str, Any]] = {
     "depth controller weight": {"min_span": 1.0, "bounds": (0.0, 1.0)},
 }
 STAGE_B_LABEL = "stage B"
+
+
+@dataclass
+class Panel:
+    """One chart: `series` maps a legend name to its (xs, ys) points.
+
+    `min_span`: the y axis spans at least this, within `bounds` (the values' natural limits) where
+    given, so a nearly constant series is not magnified into noise. `vlines`: labelled vertical
+    markers {label: x} (e.g. where stage B starts)."""
+
+    title: str
+    series: dict[str, tuple[Sequence[float], Sequence[float]]] = field(default_factory=dict)
+    min_span: float = 0.0
+    bounds: tuple[float, float] | None = None
+    vlines: dict[str, float] = field(default_factory=dict)
+
+
+def y_range(panel: Panel) -> tuple[float, float]:
+    """The y axis of a panel: the padded data range, widened to `min_span` and kept in `bounds`."""
+    values = [float(y) for _, ys in panel.series.values() for y in ys]
+    lo, hi = min(values), max(values)
+    pad = (abs(lo) * 0.1 or 1.0) if hi == lo else (hi - lo) * 0.05  # a constant series still needs an axis
+    lo, hi = lo - pad, hi + pad
+    if hi - lo < panel.min_span:
+        mid, span = (lo + hi) / 2, panel.min_span
+        lo, hi = mid - span / 2, mid + span / 2
+        if panel.bounds is not None:
+            b_lo, b_hi = panel.bounds
+            if lo < b_lo:
+                lo, hi = b_lo, b_lo + span
+            elif hi > b_hi:
+                lo, hi = b_hi - span, b_hi
+    return lo, hi
+
+
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1 has one fixed bitmap font
+        return ImageFont.load_default()
 
 
 def instance_color(index: int) -> tuple[int, int, int]:
@@ -200,13 +240,14 @@ def plot_curves(log_jsonl_path: str | Path, out_png: str | Path) -> Path:
     if not panels:
         keys = sorted({k for _, ks in CURVE_PANELS for k in ks})
         raise ValueError(f"{log_jsonl_path}: no line has 'iter' and a numeric value for any of {keys}")
-    try:
-        import matplotlib  # noqa: F401  (optional dependency)
-    except ImportError:
-        return render_panels(panels, out_png)
+    return save_figure(curves_figure(panels), out_png)
+
+
+def save_figure(fig, out_png: str | Path) -> Path:
+    """Write a matplotlib `Figure` to PNG (its folder made if needed)."""
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    curves_figure(panels).savefig(out_png, format="png")
+    fig.savefig(out_png, format="png")
     return out_png
 
 

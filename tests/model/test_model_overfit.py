@@ -111,7 +111,7 @@ def train_and_score(images, targets, steps: int, cfg: ModelConfig, depth=None, l
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     model.train()
     for _ in range(steps):
-        losses = criterion(model(images, depth, padding, targets=targets), targets)
+        losses = criterion(model(images, depth, padding), targets)
         loss = sum(losses.values())
         assert torch.isfinite(loss)
         opt.zero_grad()

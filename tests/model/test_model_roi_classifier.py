@@ -58,7 +58,7 @@ def test_the_model_starts_as_mask2former_and_the_head_gets_gradient():
     with torch.no_grad():
         torch.testing.assert_close(with_roi(images)["pred_logits"], plain(images)["pred_logits"])
     with_roi.train()
-    losses = build_criterion(cfg, 3)(with_roi(images, targets=targets), targets)
+    losses = build_criterion(cfg, 3)(with_roi(images), targets)
     sum(losses.values()).backward()
     head = with_roi.transformer_decoder.roi_classifier
     assert head.out.weight.grad.abs().sum() > 0
