@@ -66,6 +66,7 @@ def build_model(cfg: ModelConfig, num_classes: int, depth_channels: dict[str, in
         pilot_label_noise=cfg.pilot_label_noise,
         roi_classifier=MaskRoIClassifier(cfg.mask_dim, num_classes, size=cfg.roi_size) if cfg.roi_classifier else None,
     )
+    backbone.activation_checkpointing = pixel_decoder.activation_checkpointing = cfg.activation_checkpointing
     semantic_head = nn.Conv2d(cfg.mask_dim, num_classes + 1, 1) if cfg.semantic_weight > 0 else None
     return MaskFormer(backbone, pixel_decoder, decoder, fusion, semantic_head=semantic_head)
 
