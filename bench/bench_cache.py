@@ -107,17 +107,39 @@ def estimator_rate(source, frame: tuple[int, int], device: str, batch_size: int 
     return steps * batch_size / (time.perf_counter() - t)
 
 
-def decode_gap(records: list[ImageRecord], device: str, limit: int = 64) -> dict[str, float]:
-    """torchvision's JPEG decode on `device` (batched, as precompute does) against PIL: pixel differences."""
-    from dgseg.depth_cache.decode import decode_batch, load_image
-    from dgseg.depth_cache.images import decode_image
+def decoder_pair(device: str) -> tuple[str, str]:
+    """The two decoders a host could give one cache: PIL vs torchvision on a CPU (libjpeg-turbo both),
+    torchvision (host) vs nvjpeg on a GPU."""
+    from dgseg.depth_cache.runner import resolve_device
 
+    return ("torchvision", "nvjpeg") if resolve_device(device).type == "cuda" else ("pil", "torchvision")
+
+
+def decode_gap(records: list[ImageRecord], source, device: str, decoders: tuple[str, str] | None = None,
+               limit: int = 32) -> dict[str, float]:  # fmt: skip
+    """How far two decoders' results are apart on the same JPEGs: pixels (max |difference|, share of
+    values that differ) and the estimator's stored maps (relative L2 ||a - b|| / ||a||, mean over images)."""
+    decoders = decoders or decoder_pair(device)
     recs = records[:limit]
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else device.replace("auto", "cpu"))
-    got = decode_batch([load_image(r.path, "torchvision", defer_jpeg=True) for r in recs], dev)
-    diffs = [(g.cpu().int() - decode_image(r.path).int()).abs() for g, r in zip(got, recs, strict=True)]
-    return {"max": float(max(int(d.max()) for d in diffs)),
-            "share": float(sum(int((d > 0).sum()) for d in diffs) / sum(d.numel() for d in diffs))}
+    runs = {}
+    for dec in decoders:
+        runner = make_runner(source, 4, source.preprocess.input_size, device=device, precision="auto",
+                             batch_size=8, decoder=dec)  # fmt: skip
+        load = runner.loader()
+        items = [{"record": r, "input": load(r)} for r in recs]
+        runner.prepare(items)
+        imgs = [it["input"] for it in items]
+        maps = runner.run(imgs, [runner.natural_frame(tuple(i.shape[-2:])) for i in imgs])
+        runs[dec] = ([i.cpu() for i in imgs], maps)
+    (pa, ma), (pb, mb) = runs[decoders[0]], runs[decoders[1]]
+    diffs = [(x.int() - y.int()).abs() for x, y in zip(pa, pb, strict=True)]
+    out = {"decoders": f"{decoders[0]} vs {decoders[1]}", "max": float(max(int(d.max()) for d in diffs)),
+           "share": float(sum(int((d > 0).sum()) for d in diffs) / sum(d.numel() for d in diffs))}
+    for name in ma[0]:
+        rel = [float((x[name].float() - y[name].float()).norm() / x[name].float().norm().clamp_min(1e-12))
+               for x, y in zip(ma, mb, strict=True)]
+        out[f"rel_l2/{name}"] = float(np.mean(rel))
+    return out
 
 
 def _throughput(figures: dict, key: str, source, records, root: Path, levels, device, name, batch_size, compile,
@@ -217,7 +239,7 @@ def run_bench(images: int = 256, input_size: int = 126, reads: int = 512, device
             model = build_depth_anything_v2(size, input_size=518, levels=["path_4"])
             _throughput(figures, size, model, records, tmp / "caches", ["path_4"], device, f"{size}-random",
                         batch_size, compile, workers)  # fmt: skip
-    figures["decode_gap"] = decode_gap(records, device)
+    figures["decode_gap"] = decode_gap(records, tiny, device)
 
     # 2. bytes, fp16 and int8, on vits shapes
     levels = ["path_4"]
@@ -268,8 +290,9 @@ def _print(figures, info16, info8, levels, images, input_size, device) -> None:
                   f"{f['steady']:>9.1f}{f['steady'] / f['alone']:>7.2f}{f['startup_s']:>9.1f}"
                   f"{f['job_pil']:>12.1f}{f['job_pil'] / f['alone']:>7.2f}")
     gap = figures["decode_gap"]
-    print(f"JPEG decode, torchvision on {device} vs PIL: max |difference| {gap['max']:.0f} levels, "
-          f"{gap['share']:.2%} of values differ")
+    rel = ", ".join(f"{k.split('/')[1]} {v:.2e}" for k, v in gap.items() if k.startswith("rel_l2/"))
+    print(f"JPEG decode, {gap['decoders']} on {device}: max |difference| {gap['max']:.0f} levels, "
+          f"{gap['share']:.2%} of values differ; tiny's maps, relative L2: {rel} (target 0: one cache key)")
     sq, coco = _shape_bytes(518, 518, ["path_4", "path_3"]), _shape_bytes(518, 686, ["path_4", "path_3"])
     print("\nbytes per image (vits, 64 channels; depth at input/4)")
     head = ["518x518 fp16", "518x686 fp16", "stored fp16", "stored int8", "int8 err"]

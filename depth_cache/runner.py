@@ -5,8 +5,8 @@ workers). `runner.run(inputs, frames)` returns, per image, the maps to store at 
 resolution: {"depth": (1, h/ds, w/ds) normalised, level: (C, h/s, w/s)} as float32 CPU tensors,
 plus `runner.calls` counting images that went through the source.
 
-For a network, the loader workers read (and, but for JPEGs bound for a GPU, decode) the images
-(`depth_cache.decode`); `runner.prepare(items)` decodes the batch's JPEGs on the device in one
+For a network, the loader workers read and decode the images (`depth_cache.decode`); with the
+`nvjpeg` decoder they only read JPEGs and `runner.prepare(items)` decodes the batch's on the device in one
 call; resize, normalisation and inference run batched on the device (autocast and channels-last
 on CUDA, optionally `torch.compile`d). `run_async` queues a batch's results into pinned host
 buffers with non-blocking copies and returns a `wait` callable instead of blocking, so the job
@@ -98,9 +98,12 @@ class NetworkRunner:
         # after its recompile limit); the uncompiled module stays for `describe` and `probe`
         self.forward = torch.compile(self.estimator) if compile else self.estimator
         self.compiled = bool(compile)
+        if decoder == "nvjpeg" and self.device.type != "cuda":
+            raise ValueError(f"depth.cache.decode=nvjpeg decodes JPEGs on the GPU, but the estimator runs on "
+                             f"{self.device}: use torchvision or pil (the same pixels, host-independent)")
         self.decoder = decoder
-        # JPEGs are decoded on the GPU in `prepare`; the workers only read them
-        self.defer_jpeg = self.device.type == "cuda" and decoder == "torchvision"
+        # nvjpeg: JPEGs are decoded on the GPU in `prepare`; the workers only read them
+        self.defer_jpeg = decoder == "nvjpeg"
         self.depth_stride, self.batch_size = depth_stride, batch_size
         self.levels = [fi.name for fi in estimator.feature_info]
         self.multiple_of = estimator.preprocess.multiple_of

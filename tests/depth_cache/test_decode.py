@@ -151,6 +151,28 @@ def test_unknown_decoder_is_refused(tmp_path):
         load_image(str(p), "cv2")
 
 
+def test_nvjpeg_is_refused_without_a_gpu():
+    with pytest.raises(ValueError, match="decode=nvjpeg decodes JPEGs on the GPU, but the estimator runs on cpu"):
+        make_runner(FakeEstimator(), 4, 28, device="cpu", decoder="nvjpeg")
+
+
+def test_decode_gap_measures_pixels_and_maps_of_two_decoders(tmp_path, monkeypatch):
+    from dgseg.bench.bench_cache import _images, decode_gap
+    from dgseg.depth_cache.estimators.depth_anything_v2 import build_tiny
+
+    records = _images(tmp_path / "img", 3, (48, 64))
+    tiny = build_tiny(seed=0, input_size=28, levels=["path_4"])
+    same = decode_gap(records, tiny, "cpu", ("pil", "torchvision"))
+    assert same["max"] == 0 and same["rel_l2/depth"] == 0 and same["rel_l2/path_4"] == 0
+    # a decoder that rounds differently (as nvjpeg does) shows in pixels, depth and features
+    import dgseg.depth_cache.decode as decode
+
+    real = decode.decode_image
+    monkeypatch.setattr(decode, "decode_image", lambda path: (real(path).int() + 3).clamp(0, 255).to(torch.uint8))
+    gap = decode_gap(records, tiny, "cpu", ("torchvision", "pil"))
+    assert gap["max"] == 3 and gap["share"] > 0.9 and gap["rel_l2/path_4"] > 0
+
+
 def test_network_input_batched_per_size_equals_one_image_at_a_time():
     from dgseg.depth_cache.runner import prepare_images
 
