@@ -142,6 +142,45 @@ def decode_gap(records: list[ImageRecord], source, device: str, decoders: tuple[
     return out
 
 
+def serial_parts(records: list[ImageRecord], source, device: str, batch_size: int = 8,
+                 limit: int = 64) -> dict[str, float]:  # fmt: skip
+    """Milliseconds per image of each step of precompute run alone, one after the other in one process:
+    read, decode (torchvision on the host), host-to-device, resize and normalise, network, device-to-host
+    of the float32 maps (what precompute copies), pack into fp16 (numpy, as `pack_shard` does)."""
+    from dgseg.depth_cache.decode import read_file
+    from dgseg.depth_cache.runner import prepare_images, resolve_device, run_network
+    from torchvision.io import decode_jpeg
+
+    dev = resolve_device(device)
+    sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
+    recs = records[:limit - limit % batch_size] or records[:1]
+    out: dict[str, float] = {}
+
+    def timed(name: str, fn):
+        sync()
+        t = time.perf_counter()
+        result = fn()
+        sync()
+        out[name] = out.get(name, 0.0) + (time.perf_counter() - t) * 1e3 / len(recs)
+        return result
+
+    data = timed("read", lambda: [read_file(r.path) for r in recs])
+    imgs = timed("decode", lambda: [decode_jpeg(torch.frombuffer(bytearray(d), dtype=torch.uint8)) for d in data])
+    runner = make_runner(source, 4, source.preprocess.input_size, device=device, precision="auto",
+                         batch_size=batch_size)  # fmt: skip
+    frame = runner.natural_frame(tuple(imgs[0].shape[-2:]))
+    for i in range(0, len(imgs), batch_size):
+        host = torch.stack(imgs[i:i + batch_size])
+        host = host.pin_memory() if dev.type == "cuda" else host
+        batch = timed("host-to-device", lambda h=host: h.to(dev, non_blocking=True))
+        x = timed("resize, normalise", lambda b=batch: prepare_images(b, frame, runner.estimator))
+        depth, feats = timed("network", lambda x=x: run_network(runner.forward, x, runner.dtype))
+        maps = {"depth": depth, **feats}
+        cpu = timed("device-to-host", lambda m=maps: {k: v.float().cpu() for k, v in m.items()})
+        timed("pack (fp16 on the host)", lambda c=cpu: {k: v.numpy().astype(np.float16) for k, v in c.items()})
+    return out
+
+
 def _throughput(figures: dict, key: str, source, records, root: Path, levels, device, name, batch_size, compile,
                 workers) -> None:  # fmt: skip
     """Estimator alone vs end-to-end precompute, the same settings, one device."""
@@ -153,7 +192,9 @@ def _throughput(figures: dict, key: str, source, records, root: Path, levels, de
     pil, _ = _precompute(records, source, root.parent / f"{root.name}_pil", levels, device=device, name=name,
                          batch_size=batch_size, compile=compile, workers=workers, decoder="pil")  # fmt: skip
     figures[key] = {"alone": alone, "job": res.images_per_s, "steady": res.steady_images_per_s,
-                    "startup_s": res.startup_s, "job_pil": pil.images_per_s}  # fmt: skip
+                    "startup_s": res.startup_s, "job_pil": pil.images_per_s,
+                    "job_parts_ms": {k: v * 1e3 / max(res.computed, 1) for k, v in res.parts.items()},
+                    "serial_ms": serial_parts(records, source, device, batch_size)}  # fmt: skip
 
 
 def _frame(source) -> tuple[int, int]:
@@ -289,6 +330,16 @@ def _print(figures, info16, info8, levels, images, input_size, device) -> None:
             print(f"{label:<44}{f['alone']:>9.1f}{f['job']:>12.1f}{f['job'] / f['alone']:>7.2f}"
                   f"{f['steady']:>9.1f}{f['steady'] / f['alone']:>7.2f}{f['startup_s']:>9.1f}"
                   f"{f['job_pil']:>12.1f}{f['job_pil'] / f['alone']:>7.2f}")
+    for key in labels:
+        if key in figures:
+            f = figures[key]
+            print(f"\nwhere an image's time goes, {key} (ms per image)")
+            print("  each step alone, in sequence, one process: " + ", ".join(
+                f"{k} {v:.2f}" for k, v in f["serial_ms"].items()))
+            print(f"  in the job ({figures['workers']} workers read and decode in parallel; the writer threads pack "
+                  "and write in parallel with the main thread): " + ", ".join(
+                      f"{k} {v:.2f}" for k, v in f["job_parts_ms"].items()))
+            print(f"  estimator alone {1e3 / f['alone']:.2f}, the job {1e3 / f['steady']:.2f} (steady)")
     gap = figures["decode_gap"]
     rel = ", ".join(f"{k.split('/')[1]} {v:.2e}" for k, v in gap.items() if k.startswith("rel_l2/"))
     print(f"JPEG decode, {gap['decoders']} on {device}: max |difference| {gap['max']:.0f} levels, "
