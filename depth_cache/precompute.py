@@ -309,6 +309,8 @@ def precompute(records: list[ImageRecord], runner, fields: dict, cache_cfg: Cach
     store = CacheStore(cache_cfg.root, key)
     canvas = make_canvas(runner.short_side, CANVAS_ASPECT, runner.multiple_of)
     manifest = ensure_cache(store, fields, runner, cache_cfg, canvas, dist)
+    if manifest["storage_dtype"] == "fp16" and hasattr(runner, "map_dtype"):
+        runner.map_dtype = torch.float16  # cast on the device: half the device-to-host bytes, no host cast
     markers = store.read_markers()
     check_sources(records, markers, store, runner)
     dist.barrier()  # every rank looked at the same markers before anyone writes

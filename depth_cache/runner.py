@@ -2,7 +2,8 @@
 
 `make_runner(source, ...)` wraps a network `DepthEstimator` or the `files` source (maps read in
 workers). `runner.run(inputs, frames)` returns, per image, the maps to store at their final
-resolution: {"depth": (1, h/ds, w/ds) normalised, level: (C, h/s, w/s)} as float32 CPU tensors,
+resolution: {"depth": (1, h/ds, w/ds) normalised, level: (C, h/s, w/s)} as CPU tensors (float32, or
+float16 when precompute sets a network runner's `map_dtype` for an fp16 cache),
 plus `runner.calls` counting images that went through the source.
 
 For a network, the loader workers read and decode the images (`depth_cache.decode`); with the
@@ -110,6 +111,9 @@ class NetworkRunner:
         self.short_side = estimator.preprocess.input_size
         self.calls = 0
         self.progress: Callable[[int], None] | None = None  # told the images of every finished batch
+        # float16 (set by precompute for an fp16 cache): maps are clipped and cast on the device, so the copy
+        # to the host moves half the bytes and the writer casts nothing (the same values as casting there)
+        self.map_dtype = torch.float32
 
     def describe(self) -> dict[str, Any]:
         pre = self.estimator.preprocess
@@ -173,6 +177,9 @@ class NetworkRunner:
                 self.calls += len(part)
                 depth = pool_to_stride(normalise_depth(depth), self.depth_stride)
                 batch = {"depth": depth[:, None], **feats}
+                if self.map_dtype == torch.float16:
+                    fp16_max = torch.finfo(torch.float16).max
+                    batch = {k: v.float().clamp(-fp16_max, fp16_max).half() for k, v in batch.items()}
                 if cuda:  # one copy per map per batch, into page-locked memory, without blocking
                     host = {k: torch.empty(v.shape, dtype=v.dtype, pin_memory=True) for k, v in batch.items()}
                     for k, v in batch.items():

@@ -214,3 +214,21 @@ def test_exif_rotated_jpeg_is_decoded_upright_like_the_pil_path(tmp_path, defer)
     img = load_image(str(path), "torchvision", defer_jpeg=defer)
     assert isinstance(img, torch.Tensor)  # PIL's path, also when the GPU would decode the others
     assert img.shape == (3, 50, 30) and torch.equal(img, decode_image(str(path)))
+
+
+def test_maps_cast_to_fp16_before_the_copy_store_the_bytes_of_a_cast_on_the_host(tmp_path, monkeypatch):
+    import dgseg.depth_cache.runner as runner_mod
+
+    records = records_from_json(_jpeg_dir(tmp_path / "img"), tmp_path / "img")
+    cfg = cache_cfg(tmp_path / "device", decode="torchvision")
+    runner = make_runner(FakeEstimator(), cfg.depth_stride, 28, device="cpu", precision="fp32",
+                         batch_size=cfg.batch_size)
+    res = precompute(records, runner, fake_fields(), cfg, progress=False)
+    assert runner.map_dtype == torch.float16  # precompute asked for the cast before the copy
+
+    class HostCast(runner_mod.NetworkRunner):  # the path before: float32 maps, cast by pack_shard
+        map_dtype = property(lambda self: torch.float32, lambda self, value: None)
+
+    monkeypatch.setattr(runner_mod, "NetworkRunner", HostCast)
+    _, host = _cache(tmp_path, "host", records, "torchvision")
+    assert _markers(CacheReader(cfg.root, res.key)) == _markers(host)
