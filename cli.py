@@ -532,9 +532,11 @@ def bench_fusion_cmd(backbone: str, image_size: int, batch_size: int, steps: int
 @click.option("--semi", is_flag=True, help="Teacher-student stage B instead: where a step's time goes, per part.")
 @click.option("--teacher-iters", default=2, show_default=True, help="--semi: stage-A steps before stage B.")
 @click.option("--backbone", default="resnet18", show_default=True, help="The segmenter's timm backbone.")
+@click.option("--accumulate", default=1, show_default=True, help="--semi: train.accumulate (micro-batches per step).")
+@click.option("--checkpointing", is_flag=True, help="--semi: model.activation_checkpointing on.")
 def bench_step_cmd(steps: int, image_size: int, batch_size: int, estimator: str, weights: str | None,
                    input_size: int, device: str, workers: int, work_dir: str | None, semi: bool,
-                   teacher_iters: int, backbone: str) -> None:
+                   teacher_iters: int, backbone: str, accumulate: int, checkpointing: bool) -> None:
     """Training-step time with cached depth, online depth and no depth (the real loop), as ratios;
     with --semi, the breakdown of a teacher-student stage-B step."""
     from dgseg.bench.bench_step import run_bench, run_semi_bench
@@ -542,7 +544,7 @@ def bench_step_cmd(steps: int, image_size: int, batch_size: int, estimator: str,
     kw = dict(steps=steps, image_size=image_size, batch_size=batch_size, estimator=estimator, weights=weights,
               input_size=input_size, device=device, work_dir=work_dir, workers=workers, backbone=backbone)
     if semi:
-        run_semi_bench(**kw, teacher_iters=teacher_iters)
+        run_semi_bench(**kw, teacher_iters=teacher_iters, accumulate=accumulate, checkpointing=checkpointing)
     else:
         run_bench(**kw)
 

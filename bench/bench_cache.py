@@ -107,17 +107,78 @@ def estimator_rate(source, frame: tuple[int, int], device: str, batch_size: int 
     return steps * batch_size / (time.perf_counter() - t)
 
 
-def decode_gap(records: list[ImageRecord], device: str, limit: int = 64) -> dict[str, float]:
-    """torchvision's JPEG decode on `device` (batched, as precompute does) against PIL: pixel differences."""
-    from dgseg.depth_cache.decode import decode_batch, load_image
-    from dgseg.depth_cache.images import decode_image
+def decoder_pair(device: str) -> tuple[str, str]:
+    """The two decoders a host could give one cache: PIL vs torchvision on a CPU (libjpeg-turbo both),
+    torchvision (host) vs nvjpeg on a GPU."""
+    from dgseg.depth_cache.runner import resolve_device
 
+    return ("torchvision", "nvjpeg") if resolve_device(device).type == "cuda" else ("pil", "torchvision")
+
+
+def decode_gap(records: list[ImageRecord], source, device: str, decoders: tuple[str, str] | None = None,
+               limit: int = 32) -> dict[str, float]:  # fmt: skip
+    """How far two decoders' results are apart on the same JPEGs: pixels (max |difference|, share of
+    values that differ) and the estimator's stored maps (relative L2 ||a - b|| / ||a||, mean over images)."""
+    decoders = decoders or decoder_pair(device)
     recs = records[:limit]
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else device.replace("auto", "cpu"))
-    got = decode_batch([load_image(r.path, "torchvision", defer_jpeg=True) for r in recs], dev)
-    diffs = [(g.cpu().int() - decode_image(r.path).int()).abs() for g, r in zip(got, recs, strict=True)]
-    return {"max": float(max(int(d.max()) for d in diffs)),
-            "share": float(sum(int((d > 0).sum()) for d in diffs) / sum(d.numel() for d in diffs))}
+    runs = {}
+    for dec in decoders:
+        runner = make_runner(source, 4, source.preprocess.input_size, device=device, precision="auto",
+                             batch_size=8, decoder=dec)  # fmt: skip
+        load = runner.loader()
+        items = [{"record": r, "input": load(r)} for r in recs]
+        runner.prepare(items)
+        imgs = [it["input"] for it in items]
+        maps = runner.run(imgs, [runner.natural_frame(tuple(i.shape[-2:])) for i in imgs])
+        runs[dec] = ([i.cpu() for i in imgs], maps)
+    (pa, ma), (pb, mb) = runs[decoders[0]], runs[decoders[1]]
+    diffs = [(x.int() - y.int()).abs() for x, y in zip(pa, pb, strict=True)]
+    out = {"decoders": f"{decoders[0]} vs {decoders[1]}", "max": float(max(int(d.max()) for d in diffs)),
+           "share": float(sum(int((d > 0).sum()) for d in diffs) / sum(d.numel() for d in diffs))}
+    for name in ma[0]:
+        rel = [float((x[name].float() - y[name].float()).norm() / x[name].float().norm().clamp_min(1e-12))
+               for x, y in zip(ma, mb, strict=True)]
+        out[f"rel_l2/{name}"] = float(np.mean(rel))
+    return out
+
+
+def serial_parts(records: list[ImageRecord], source, device: str, batch_size: int = 8,
+                 limit: int = 64) -> dict[str, float]:  # fmt: skip
+    """Milliseconds per image of each step of precompute run alone, one after the other in one process:
+    read, decode (torchvision on the host), host-to-device, resize and normalise, network, device-to-host
+    of the float32 maps (what precompute copies), pack into fp16 (numpy, as `pack_shard` does)."""
+    from dgseg.depth_cache.decode import read_file
+    from dgseg.depth_cache.runner import prepare_images, resolve_device, run_network
+    from torchvision.io import decode_jpeg
+
+    dev = resolve_device(device)
+    sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
+    recs = records[:limit - limit % batch_size] or records[:1]
+    out: dict[str, float] = {}
+
+    def timed(name: str, fn):
+        sync()
+        t = time.perf_counter()
+        result = fn()
+        sync()
+        out[name] = out.get(name, 0.0) + (time.perf_counter() - t) * 1e3 / len(recs)
+        return result
+
+    data = timed("read", lambda: [read_file(r.path) for r in recs])
+    imgs = timed("decode", lambda: [decode_jpeg(torch.frombuffer(bytearray(d), dtype=torch.uint8)) for d in data])
+    runner = make_runner(source, 4, source.preprocess.input_size, device=device, precision="auto",
+                         batch_size=batch_size)  # fmt: skip
+    frame = runner.natural_frame(tuple(imgs[0].shape[-2:]))
+    for i in range(0, len(imgs), batch_size):
+        host = torch.stack(imgs[i:i + batch_size])
+        host = host.pin_memory() if dev.type == "cuda" else host
+        batch = timed("host-to-device", lambda h=host: h.to(dev, non_blocking=True))
+        x = timed("resize, normalise", lambda b=batch: prepare_images(b, frame, runner.estimator))
+        depth, feats = timed("network", lambda x=x: run_network(runner.forward, x, runner.dtype))
+        maps = {"depth": depth, **feats}
+        cpu = timed("device-to-host", lambda m=maps: {k: v.float().cpu() for k, v in m.items()})
+        timed("pack (fp16 on the host)", lambda c=cpu: {k: v.numpy().astype(np.float16) for k, v in c.items()})
+    return out
 
 
 def _throughput(figures: dict, key: str, source, records, root: Path, levels, device, name, batch_size, compile,
@@ -131,7 +192,9 @@ def _throughput(figures: dict, key: str, source, records, root: Path, levels, de
     pil, _ = _precompute(records, source, root.parent / f"{root.name}_pil", levels, device=device, name=name,
                          batch_size=batch_size, compile=compile, workers=workers, decoder="pil")  # fmt: skip
     figures[key] = {"alone": alone, "job": res.images_per_s, "steady": res.steady_images_per_s,
-                    "startup_s": res.startup_s, "job_pil": pil.images_per_s}  # fmt: skip
+                    "startup_s": res.startup_s, "job_pil": pil.images_per_s,
+                    "job_parts_ms": {k: v * 1e3 / max(res.computed, 1) for k, v in res.parts.items()},
+                    "serial_ms": serial_parts(records, source, device, batch_size)}  # fmt: skip
 
 
 def _frame(source) -> tuple[int, int]:
@@ -217,7 +280,7 @@ def run_bench(images: int = 256, input_size: int = 126, reads: int = 512, device
             model = build_depth_anything_v2(size, input_size=518, levels=["path_4"])
             _throughput(figures, size, model, records, tmp / "caches", ["path_4"], device, f"{size}-random",
                         batch_size, compile, workers)  # fmt: skip
-    figures["decode_gap"] = decode_gap(records, device)
+    figures["decode_gap"] = decode_gap(records, tiny, device)
 
     # 2. bytes, fp16 and int8, on vits shapes
     levels = ["path_4"]
@@ -267,9 +330,20 @@ def _print(figures, info16, info8, levels, images, input_size, device) -> None:
             print(f"{label:<44}{f['alone']:>9.1f}{f['job']:>12.1f}{f['job'] / f['alone']:>7.2f}"
                   f"{f['steady']:>9.1f}{f['steady'] / f['alone']:>7.2f}{f['startup_s']:>9.1f}"
                   f"{f['job_pil']:>12.1f}{f['job_pil'] / f['alone']:>7.2f}")
+    for key in labels:
+        if key in figures:
+            f = figures[key]
+            print(f"\nwhere an image's time goes, {key} (ms per image)")
+            print("  each step alone, in sequence, one process: " + ", ".join(
+                f"{k} {v:.2f}" for k, v in f["serial_ms"].items()))
+            print(f"  in the job ({figures['workers']} workers read and decode in parallel; the writer threads pack "
+                  "and write in parallel with the main thread): " + ", ".join(
+                      f"{k} {v:.2f}" for k, v in f["job_parts_ms"].items()))
+            print(f"  estimator alone {1e3 / f['alone']:.2f}, the job {1e3 / f['steady']:.2f} (steady)")
     gap = figures["decode_gap"]
-    print(f"JPEG decode, torchvision on {device} vs PIL: max |difference| {gap['max']:.0f} levels, "
-          f"{gap['share']:.2%} of values differ")
+    rel = ", ".join(f"{k.split('/')[1]} {v:.2e}" for k, v in gap.items() if k.startswith("rel_l2/"))
+    print(f"JPEG decode, {gap['decoders']} on {device}: max |difference| {gap['max']:.0f} levels, "
+          f"{gap['share']:.2%} of values differ; tiny's maps, relative L2: {rel} (target 0: one cache key)")
     sq, coco = _shape_bytes(518, 518, ["path_4", "path_3"]), _shape_bytes(518, 686, ["path_4", "path_3"])
     print("\nbytes per image (vits, 64 channels; depth at input/4)")
     head = ["518x518 fp16", "518x686 fp16", "stored fp16", "stored int8", "int8 err"]

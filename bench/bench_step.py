@@ -53,6 +53,8 @@ def _parts_per_step(run_dir: Path, start: int) -> dict[str, float]:
     for k, v in last.items():
         if k.startswith("time/"):
             out[k[5:]] = (v - first.get(k, 0.0)) / n
+        elif k.startswith(("mem/", "mem_rise/")):  # the most over the run (CUDA only)
+            out[k] = v
     return out
 
 
@@ -130,7 +132,8 @@ def run_bench(steps: int = 20, warmup: int = 3, image_size: int = 128, batch_siz
 def run_semi_bench(steps: int = 10, warmup: int = 3, image_size: int = 128, batch_size: int = 8,
                    estimator: str = "tiny", weights: str | None = None, input_size: int = 126,
                    device: str = "auto", work_dir: str | None = None, workers: int = 2,
-                   teacher_iters: int = 2, backbone: str = "resnet18") -> dict[str, float]:  # fmt: skip
+                   teacher_iters: int = 2, backbone: str = "resnet18", accumulate: int = 1,
+                   checkpointing: bool = False, extra: list[str] = ()) -> dict[str, float]:  # fmt: skip
     """Stage-B step breakdown of the teacher-student loop (labelled and unlabelled batches of `batch_size`).
 
     The teacher trains `teacher_iters` steps first: a barely trained one finds few pseudo-labels
@@ -147,7 +150,8 @@ def run_semi_bench(steps: int = 10, warmup: int = 3, image_size: int = 128, batc
         "depth.mode=cache", "semi.enabled=true", f"semi.teacher_iters={teacher_iters}",
         f"semi.unlabeled_batch_size={batch_size}", "semi.burn_in_iter=1", "semi.depth_pseudo_labels=true",
         # a random-init teacher is unsure of everything: a low threshold keeps the pseudo-label path busy
-        "semi.score_threshold=0.05", "train.time_parts=true",
+        "semi.score_threshold=0.05", "train.time_parts=true", f"train.accumulate={accumulate}",
+        f"model.activation_checkpointing={checkpointing}", *extra,
     ]
     _precompute(base, [str(unl)])
     run = root / "run_semi"
@@ -159,7 +163,9 @@ def run_semi_bench(steps: int = 10, warmup: int = 3, image_size: int = 128, batc
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
     timed = [r for r in rows if r.get("iter", 0) > teacher_iters + warmup and "pseudo/rgb_per_image" in r]
     parts["pseudo_per_image"] = sum(r["pseudo/rgb_per_image"] for r in timed) / max(1, len(timed))
+    parts["images"] = 2 * batch_size
     _print_parts(parts, batch_size, image_size, estimator, input_size, steps, warmup, workers)
+    print(f"train.accumulate {accumulate}, model.activation_checkpointing {checkpointing}")
     return parts
 
 
@@ -168,10 +174,12 @@ def _print_parts(parts, batch_size, image_size, estimator, input_size, steps, wa
     print(f"\nteacher-student stage-B step, {batch_size} labelled + {batch_size} unlabelled images of {image_size}px, "
           f"cached depth from {estimator} (input {input_size}), {steps} timed steps after {warmup}, "
           f"{workers} loader workers:")
-    print(f"{'part':<34}{'s/step':>10}{'share':>8}")
+    cuda = any(k.startswith("mem/") for k in parts)
+    print(f"{'part':<34}{'s/step':>10}{'share':>8}{'peak GB':>10}{'rise GB':>10}")
     rows = [("data wait", parts["data"])] + [(p, parts.get(p, 0.0)) for p in PARTS]
     for name, t in rows:
-        print(f"{name:<34}{t:>10.4f}{t / step:>8.1%}")
+        print(f"{name:<34}{t:>10.4f}{t / step:>8.1%}{_gb(parts, 'mem/' + name, cuda):>10}"
+              f"{_gb(parts, 'mem_rise/' + name, cuda):>10}")
     print(f"{'  matching (in labelled, unsup_loss)':<34}{parts.get('matching', 0.0):>10.4f}"
           f"{parts.get('matching', 0.0) / step:>8.1%}")
     other = step - sum(t for _, t in rows)
@@ -179,4 +187,19 @@ def _print_parts(parts, batch_size, image_size, estimator, input_size, steps, wa
     print(f"{'step':<34}{step:>10.4f}{1:>8.1%}")
     print(f"RGB pseudo-labels per unlabelled image (timed steps): {parts['pseudo_per_image']:.1f}")
     host = sum(parts.get(p, 0.0) for p in HOST_PARTS)
-    print(f"host-side parts ({', '.join(HOST_PARTS)}): {host:.4f} s/step = {host / step:.1%} of the step")
+    print(f"host-side parts ({', '.join(HOST_PARTS)}): {host:.4f} s/step = {host / step:.1%} of the step "
+          "(target <= 10 %)")
+    print(f"other: {other / step:.1%} of the step (target <= 3 %)")
+    if cuda:
+        peak = max(v for k, v in parts.items() if k.startswith("mem/"))
+        parts["peak_per_image_gb"] = peak / 2**30 / parts["images"]
+        print(f"peak memory of the step {peak / 2**30:.2f} GB = {parts['peak_per_image_gb']:.3f} GB per trained "
+              f"image ({parts['images']} images; target <= 1.5x Hugging Face Mask2Former-R50's 74 GB / 16 = 4.6 GB)")
+    else:
+        print("peak memory per part: n/a (CPU): torch.cuda.max_memory_allocated exists on CUDA only")
+
+
+def _gb(parts: dict, key: str, cuda: bool) -> str:
+    if not cuda:
+        return "n/a (CPU)" if key.startswith("mem/") else ""
+    return f"{parts[key] / 2**30:.2f}" if key in parts else "-"

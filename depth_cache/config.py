@@ -73,11 +73,12 @@ class CacheConfig:
         None, range="[0, inf)",
         help="image-reading/decoding DataLoader workers in precompute; null = from the cores (on CUDA all of "
              "the process's cores but one, at most 16; on a CPU half of them)")
-    # not keyed: identical pixels on a CPU; see depth_cache/decode.py for the GPU
-    decode: Literal["torchvision", "pil"] = setting(
+    # keyed only for nvjpeg: torchvision and pil give the same pixels on every host
+    decode: Literal["torchvision", "pil", "nvjpeg"] = setting(
         "torchvision",
-        help="JPEG decoder: torchvision (batched on the GPU when the estimator runs on CUDA, in the workers on a "
-             "CPU; other formats via PIL) or pil (every image via PIL)")
+        help="JPEG decoder: torchvision (libjpeg-turbo in the loader workers; other formats via PIL), pil (every "
+             "image via PIL; the same pixels) or nvjpeg (batched on the estimator's GPU: faster, other pixels, "
+             "so its own cache key)")
     writer_threads: int = setting(
         2, range="[1, inf)", help="threads packing and writing finished shards (each holds one shard's maps in memory)")
     # a network is not flip-equivariant, so flipping the cached maps only approximates them; costs

@@ -1,21 +1,20 @@
-"""Image decoding for the precompute job: JPEG by torchvision (batched on the GPU), the rest by PIL.
+"""Image decoding for the precompute job, chosen by `depth.cache.decode`.
 
-Two paths, chosen by `depth.cache.decode`:
 - `torchvision` (default): a JPEG (recognised by its magic bytes, not its name) is decoded by
-  `torchvision.io.decode_jpeg`. When the estimator runs on CUDA, the DataLoader workers only read
-  the file's bytes (`EncodedImage`) and the main process decodes a whole batch on the GPU in one
-  call (nvjpeg), so decoding neither needs host cores nor a host-to-device copy of pixels. On a
-  CPU the workers decode with torchvision (libjpeg-turbo). PNG and every other format, and any
-  JPEG that torchvision refuses (e.g. a truncated file, a flavour nvjpeg lacks) or that carries an
-  EXIF rotation (the one decoder, `images.decode_rgb`, applies it; nvjpeg does not), go through PIL.
+  `torchvision.io.decode_jpeg` on the host, in the DataLoader workers (libjpeg-turbo); PNG and every
+  other format, any JPEG that torchvision refuses (e.g. a truncated file) and any JPEG that carries an
+  EXIF rotation (the one decoder, `images.decode_rgb`, applies it) go through PIL.
 - `pil`: every image through PIL in the workers (the reference path).
+- `nvjpeg`: as `torchvision`, but the workers only read a JPEG's bytes (`EncodedImage`) and the main
+  process decodes a whole batch on the estimator's GPU in one call, so decoding needs neither host
+  cores nor a host-to-device copy of pixels. Needs a CUDA estimator.
 
-Agreement of the two paths: on a CPU, `decode_jpeg` and PIL (both libjpeg-turbo, islow IDCT,
-fancy upsampling) give identical pixels (measured: 0 differing values over baseline JPEGs at
-quality 75/95, 4:4:4 and 4:2:0, greyscale and CMYK; tests/depth_cache/test_decode.py asserts
-it), so the cache bytes are identical too. On a GPU, nvjpeg's IDCT may round differently: a pixel
-may differ by a few levels; `bench cache --device cuda` prints the measured difference.
-PNG and other formats are decoded by PIL on both paths: exact.
+The cached depth must not depend on the host: `torchvision` and `pil` give identical pixels (both
+libjpeg-turbo, islow IDCT, fancy upsampling; measured: 0 differing values over baseline JPEGs at quality
+75/95, 4:4:4 and 4:2:0, greyscale and CMYK; tests/depth_cache/test_decode.py asserts it), on a GPU host as
+on a CPU host, so they share a cache key. nvjpeg rounds differently (on an H200: up to 39 levels, 90 % of
+values differ), so `nvjpeg` is a cache key field (`jpeg_decoder`) and its caches are never mixed with the
+others. `bench cache` prints how far the pixels, depth and features of two decodes are apart.
 """
 
 from __future__ import annotations
@@ -31,7 +30,7 @@ from dgseg.depth_cache.images import decode_image, to_rgb_array
 from PIL import Image
 
 JPEG_MAGIC = b"\xff\xd8\xff"
-DECODERS = ("torchvision", "pil")
+DECODERS = ("torchvision", "pil", "nvjpeg")
 
 
 @dataclass
@@ -83,7 +82,8 @@ def _decode_jpeg(data: torch.Tensor | list[torch.Tensor], device: torch.device |
 
 
 def load_image(path: str, decoder: str = "torchvision", defer_jpeg: bool = False) -> torch.Tensor | EncodedImage:
-    """Worker side: the decoded (3, H, W) uint8 image, or with `defer_jpeg` a JPEG's bytes to decode later."""
+    """Worker side: the decoded (3, H, W) uint8 image, or with `defer_jpeg` (the `nvjpeg` decoder's data flow)
+    a JPEG's bytes to decode later in a batch."""
     if decoder not in DECODERS:
         raise ValueError(f"unknown image decoder {decoder!r}; expected one of {DECODERS}")
     if decoder == "pil":

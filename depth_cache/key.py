@@ -3,7 +3,8 @@
 The key fields are computed from the configs alone (no estimator is built): the estimator's name
 and weights (sha256 of the file; seed and configuration for `tiny`; folder and kind for `files`),
 the preprocessing (input size, canvas aspect), the stored levels and dtype, the stored depth
-resolution, whether the flipped views are stored, and the storage format version. Storage
+resolution, whether the flipped views are stored, whether JPEGs were decoded by nvjpeg (other pixels
+than the host decoders'), and the storage format version. Storage
 details that do not change a stored value (shard size, batch size, precision of the matmuls)
 are recorded in the manifest, not keyed.
 The key reads `<estimator>-<16 hex digits>`, e.g. `tiny-3f2a09c1d4e5b6a7`.
@@ -89,6 +90,9 @@ def key_fields(estimator_cfg: EstimatorConfig, cache_cfg: CacheConfig) -> dict[s
             )
         # keyed only when on, so the keys of caches made before the option existed stay valid
         fields["flip_views"] = True
+    if cache_cfg.decode == "nvjpeg":
+        # nvjpeg's pixels differ from libjpeg-turbo's (the other decoders); keyed only then, so earlier keys stay
+        fields["jpeg_decoder"] = "nvjpeg"
     fields.update(_estimator_fields(estimator_cfg))
     return fields
 

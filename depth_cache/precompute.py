@@ -92,6 +92,12 @@ class PrecomputeResult:
     seconds: float = 0.0
     startup_s: float = 0.0  # until the loader gave its first image (cache set-up, planning, workers' start)
     started: float = 0.0  # perf_counter at the job's start
+    # seconds per part of the job (`bench cache` prints them per image): the main thread's waits and calls
+    # ("load" = waiting for the workers' read + decode), and the writer threads' ("d2h", "pack", "write")
+    parts: dict[str, float] = field(default_factory=dict)
+
+    def add_time(self, part: str, seconds: float) -> None:
+        self.parts[part] = self.parts.get(part, 0.0) + seconds
 
     @property
     def images_per_s(self) -> float:
@@ -189,8 +195,9 @@ class ShardWriter:
     wait in the queue (each holds its maps in host memory)."""
 
     def __init__(self, store: CacheStore, claims: ShardClaims | None = None, max_pending: int = 1,
-                 threads: int = 1):  # fmt: skip
+                 threads: int = 1, clock: Callable[[str, float], None] | None = None):  # fmt: skip
         self.store, self.claims, self.error = store, claims, None
+        self.clock = clock or (lambda part, seconds: None)  # told each job's seconds per part
         self.queue: queue.Queue = queue.Queue(maxsize=max(1, max_pending))
         self.threads = [threading.Thread(target=self._loop, name=f"shard-writer-{i}", daemon=True)
                         for i in range(max(1, threads))]  # fmt: skip
@@ -202,11 +209,18 @@ class ShardWriter:
             if self.error is None:
                 try:
                     shard, items, manifest, rank, wait = job
+                    t0 = time.perf_counter()
                     wait()
+                    t1 = time.perf_counter()
                     if self.claims is not None and not self.claims.still_mine(shard):
                         self.claims.lose(shard)  # our lease lapsed and a successor owns it: its write wins
                         continue
-                    self.store.write_shard(shard, *pack_shard(shard, items, manifest, rank))
+                    packed = pack_shard(shard, items, manifest, rank)
+                    t2 = time.perf_counter()
+                    self.store.write_shard(shard, *packed)
+                    t3 = time.perf_counter()
+                    for part, seconds in (("d2h wait", t1 - t0), ("pack", t2 - t1), ("compress + write", t3 - t2)):
+                        self.clock(part, seconds)
                     if self.claims is not None:
                         self.claims.release(shard)
                 except BaseException as err:  # surfaced by submit/close in the main thread
@@ -295,6 +309,8 @@ def precompute(records: list[ImageRecord], runner, fields: dict, cache_cfg: Cach
     store = CacheStore(cache_cfg.root, key)
     canvas = make_canvas(runner.short_side, CANVAS_ASPECT, runner.multiple_of)
     manifest = ensure_cache(store, fields, runner, cache_cfg, canvas, dist)
+    if manifest["storage_dtype"] == "fp16" and hasattr(runner, "map_dtype"):
+        runner.map_dtype = torch.float16  # cast on the device: half the device-to-host bytes, no host cast
     markers = store.read_markers()
     check_sources(records, markers, store, runner)
     dist.barrier()  # every rank looked at the same markers before anyone writes
@@ -357,19 +373,29 @@ def _run_pass(todo, sampler, runner, manifest, canvas, store, parallel, result, 
     canvas_fit = (canvas, runner.multiple_of)
     iterator = iter(loader)  # workers fork before the writer thread starts
     # host memory: one shard's float32 maps per writer thread, one queued and one being computed
-    writer = ShardWriter(store, sampler.claims, max_pending=1, threads=threads)
+    lock = threading.Lock()
+
+    def clock(part: str, seconds: float) -> None:
+        with lock:  # writer threads and the main thread add to one dict
+            result.add_time(part, seconds)
+
+    writer = ShardWriter(store, sampler.claims, max_pending=1, threads=threads, clock=clock)
     try:
         pending: list[dict] = []
+        t = time.perf_counter()
         for item in iterator:
+            if result.startup_s:  # the first wait is start-up (workers' start), not loading
+                clock("load wait (read, decode)", time.perf_counter() - t)
             if not result.startup_s:
                 result.startup_s = time.perf_counter() - result.started
             item["shard"], item["slot"] = sampler.where[item["index"]]
             if pending and item["shard"] != pending[0]["shard"]:
-                _flush(pending, runner, manifest, canvas_fit, writer, result, rank, bar)
+                _flush(pending, runner, manifest, canvas_fit, writer, result, rank, bar, clock)
                 pending = []
             pending.append(item)
+            t = time.perf_counter()
         if pending:
-            _flush(pending, runner, manifest, canvas_fit, writer, result, rank, bar)
+            _flush(pending, runner, manifest, canvas_fit, writer, result, rank, bar, clock)
     finally:
         writer.close()  # complete shards already handed over are still written
 
@@ -399,9 +425,11 @@ class ImageProgress:
         return getattr(self.bar, name)
 
 
-def _flush(items, runner, manifest, canvas_fit, writer, result, rank, bar) -> None:
+def _flush(items, runner, manifest, canvas_fit, writer, result, rank, bar, clock=lambda part, s: None) -> None:
     canvas, multiple_of = canvas_fit
-    runner.prepare(items)  # JPEGs bound for a GPU are decoded there, in one batch
+    t0 = time.perf_counter()
+    runner.prepare(items)  # JPEGs bound for a GPU (nvjpeg) are decoded there, in one batch
+    t1 = time.perf_counter()
     ok = [i for i in items if "error" not in i]
     for it in ok:
         orig = runner.input_size(it["input"])
@@ -415,13 +443,18 @@ def _flush(items, runner, manifest, canvas_fit, writer, result, rank, bar) -> No
         maps = [{**a, **{flip_name(k): v for k, v in b.items()}} for a, b in zip(plain, mirrored, strict=True)]
     else:
         maps, wait = runner.run_async(inputs, frames) if ok else ([], _no_wait)
+    t2 = time.perf_counter()
     for it, m in zip(ok, maps, strict=True):
         orig, frame, transposed = it["geometry"]
         extents = {n: tuple(int(s) for s in t.shape[-2:]) for n, t in m.items()}
         it["geometry"], it["maps"] = Geometry(tuple(orig), tuple(frame), transposed, extents), m
         del it["input"]
     shard = items[0]["shard"]
+    t3 = time.perf_counter()
     writer.submit(shard, items, manifest, rank, wait)
+    clock("device decode", t1 - t0)
+    clock("resize, normalise, network, d2h queued", t2 - t1)
+    clock("writer backlog wait", time.perf_counter() - t3)
     result.computed += len(ok)
     result.failed.update({i["record"].id: i["error"] for i in items if "error" in i})
     result.shards.append(shard)

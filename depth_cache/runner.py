@@ -2,11 +2,12 @@
 
 `make_runner(source, ...)` wraps a network `DepthEstimator` or the `files` source (maps read in
 workers). `runner.run(inputs, frames)` returns, per image, the maps to store at their final
-resolution: {"depth": (1, h/ds, w/ds) normalised, level: (C, h/s, w/s)} as float32 CPU tensors,
+resolution: {"depth": (1, h/ds, w/ds) normalised, level: (C, h/s, w/s)} as CPU tensors (float32, or
+float16 when precompute sets a network runner's `map_dtype` for an fp16 cache),
 plus `runner.calls` counting images that went through the source.
 
-For a network, the loader workers read (and, but for JPEGs bound for a GPU, decode) the images
-(`depth_cache.decode`); `runner.prepare(items)` decodes the batch's JPEGs on the device in one
+For a network, the loader workers read and decode the images (`depth_cache.decode`); with the
+`nvjpeg` decoder they only read JPEGs and `runner.prepare(items)` decodes the batch's on the device in one
 call; resize, normalisation and inference run batched on the device (autocast and channels-last
 on CUDA, optionally `torch.compile`d). `run_async` queues a batch's results into pinned host
 buffers with non-blocking copies and returns a `wait` callable instead of blocking, so the job
@@ -98,15 +99,21 @@ class NetworkRunner:
         # after its recompile limit); the uncompiled module stays for `describe` and `probe`
         self.forward = torch.compile(self.estimator) if compile else self.estimator
         self.compiled = bool(compile)
+        if decoder == "nvjpeg" and self.device.type != "cuda":
+            raise ValueError(f"depth.cache.decode=nvjpeg decodes JPEGs on the GPU, but the estimator runs on "
+                             f"{self.device}: use torchvision or pil (the same pixels, host-independent)")
         self.decoder = decoder
-        # JPEGs are decoded on the GPU in `prepare`; the workers only read them
-        self.defer_jpeg = self.device.type == "cuda" and decoder == "torchvision"
+        # nvjpeg: JPEGs are decoded on the GPU in `prepare`; the workers only read them
+        self.defer_jpeg = decoder == "nvjpeg"
         self.depth_stride, self.batch_size = depth_stride, batch_size
         self.levels = [fi.name for fi in estimator.feature_info]
         self.multiple_of = estimator.preprocess.multiple_of
         self.short_side = estimator.preprocess.input_size
         self.calls = 0
         self.progress: Callable[[int], None] | None = None  # told the images of every finished batch
+        # float16 (set by precompute for an fp16 cache): maps are clipped and cast on the device, so the copy
+        # to the host moves half the bytes and the writer casts nothing (the same values as casting there)
+        self.map_dtype = torch.float32
 
     def describe(self) -> dict[str, Any]:
         pre = self.estimator.preprocess
@@ -170,6 +177,9 @@ class NetworkRunner:
                 self.calls += len(part)
                 depth = pool_to_stride(normalise_depth(depth), self.depth_stride)
                 batch = {"depth": depth[:, None], **feats}
+                if self.map_dtype == torch.float16:
+                    fp16_max = torch.finfo(torch.float16).max
+                    batch = {k: v.float().clamp(-fp16_max, fp16_max).half() for k, v in batch.items()}
                 if cuda:  # one copy per map per batch, into page-locked memory, without blocking
                     host = {k: torch.empty(v.shape, dtype=v.dtype, pin_memory=True) for k, v in batch.items()}
                     for k, v in batch.items():

@@ -116,6 +116,9 @@ class ModelConfig:
                                       help="point sampling: random candidates per kept point, ranked by uncertainty")
     importance_sample_ratio: float = setting(0.75, range="[0, 1]",
         help="point sampling: share of points chosen by uncertainty (rest uniform)")
+    activation_checkpointing: bool = setting(
+        False, help="recompute the backbone stages' and the pixel decoder's activations in the backward pass "
+                    "instead of keeping them (less memory, about one more forward of those parts)")
     deep_supervision: bool = setting(True, help="losses on every decoder layer's predictions, not only the last")
 
 
@@ -128,6 +131,9 @@ class TrainConfig:
     max_iter: int = setting(1000, range="[1, inf)",
                             help="iterations of the whole run (teacher-student: stage A + stage B)")
     batch_size: int = setting(8, range="[1, inf)", help="labelled images per step (global, over all processes)")
+    accumulate: int = setting(
+        1, range="[1, inf)", help="micro-batches per optimiser step (gradient accumulation): the labelled and the "
+        "unlabelled batch are each seen in this many parts and give one update equal to the whole batch's")
     lr: float = setting(1e-4, range="(0, inf)", help="base learning rate of AdamW")
     weight_decay: float = setting(0.05, range="[0, inf)",
                                   help="AdamW weight decay (norm layers and embeddings: the two below)")

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from dgseg.pipeline.config import Config
 from dgseg.pipeline.config.loading import to_dict
+from dgseg.pipeline.engine.accumulate import micro_steps, shares, split_batch
 from dgseg.pipeline.engine.checkpoint import (
     last_checkpoint,
     load_checkpoint,
@@ -65,13 +66,21 @@ def main_loss_terms(losses: dict[str, torch.Tensor]) -> dict[str, float]:
     return out
 
 
-def optimizer_step(ctx: RunContext, loss: torch.Tensor, params) -> None:
-    ctx.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+def optimizer_step(ctx: RunContext, params) -> None:
+    """Clip and apply the gradients back-propagated since the last `zero_grad` (one per step)."""
     if ctx.cfg.train.clip_grad > 0:
         torch.nn.utils.clip_grad_norm_(params, ctx.cfg.train.clip_grad)
     ctx.optimizer.step()
     ctx.scheduler.step()
+
+
+def batch_shares(ctx: RunContext, targets: list[dict], n: int) -> list[dict[str, float]]:
+    """The shares of the batch's loss normalisers held by each of its `n` micro-batches."""
+    from dgseg.pipeline.engine.distributed import all_reduce_sum
+
+    m, size = ctx.cfg.model, max(len(targets) // n, 1)
+    return shares([targets[i * size:(i + 1) * size] for i in range(n)], m.num_queries, m.no_object_weight,
+                  lambda v: all_reduce_sum(v, ctx.device))
 
 
 def restore(ctx: RunContext, extra_models: dict[str, nn.Module] | None = None) -> tuple[int, dict]:
@@ -166,14 +175,22 @@ def train_supervised(cfg: Config, resume: bool = False) -> dict:
     bar = tqdm(range(start, cfg.train.max_iter), initial=start, total=cfg.train.max_iter,
                desc="train", disable=not ctx.dist.is_main)
     for it in bar:
-        batch = clock.next(loader).to(ctx.device)
-        ctx.provider.fill(batch)
-        with ctx.autocast:
-            outputs = model(batch.images, batch.features if ctx.use_depth else None, ~batch.valid)
-        losses = ctx.criterion(outputs, batch.targets)
-        check_finite(losses, it, ctx.out_dir)
+        batch = clock.next(loader)
+
+        def micro_loss(_: int, part, it=it) -> dict[str, torch.Tensor]:
+            part = part.to(ctx.device, non_blocking=True)
+            ctx.provider.fill(part)
+            with ctx.autocast:
+                outputs = model(part.images, part.features if ctx.use_depth else None, ~part.valid)
+            losses = ctx.criterion(outputs, part.targets)
+            check_finite(losses, it, ctx.out_dir)
+            return losses
+
         lr = base_lr(ctx.scheduler, cfg.train)  # the rate this step uses
-        optimizer_step(ctx, sum(losses.values()), model.parameters())
+        ctx.optimizer.zero_grad(set_to_none=True)
+        losses = micro_steps(model, split_batch(batch, cfg.train.accumulate), micro_loss,
+                             batch_shares(ctx, batch.targets, cfg.train.accumulate))
+        optimizer_step(ctx, model.parameters())
         step = it + 1
         if due(step, cfg.train.log_period, cfg.train.max_iter):
             terms = main_loss_terms(losses)

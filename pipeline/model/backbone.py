@@ -17,6 +17,7 @@ from __future__ import annotations
 import difflib
 import warnings
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Optional
 
@@ -25,6 +26,7 @@ import torch
 from timm.layers import freeze_batch_norm_2d
 from timm.models._features import FeatureDictNet
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 LEVEL_STRIDES = {"res2": 4, "res3": 8, "res4": 16, "res5": 32}
 
@@ -119,6 +121,9 @@ class Backbone(nn.Module):
             self.load_weights(weights)
         else:
             warn_random_init(name, self.body)
+        self.activation_checkpointing = False  # set by build_model (model.activation_checkpointing)
+        # (forward, recompute) contexts of a checkpointed stage; the model's padding hooks replace it
+        self.checkpoint_contexts: Callable[[], tuple] = lambda: (nullcontext(), nullcontext())
         self.frozen_norm = norm == "frozen" or (norm == "auto" and weights is not None)
         if self.frozen_norm:
             self.body = freeze_batch_norm_2d(self.body)
@@ -145,24 +150,34 @@ class Backbone(nn.Module):
             raise ValueError(f"backbone weights {path} do not fit timm model {self.name!r}: " + "; ".join(parts))
         self.body.load_state_dict(mapped)
 
+    def _checkpointing(self) -> bool:
+        return self.activation_checkpointing and torch.is_grad_enabled()
+
     def forward(self, x: Tensor, fuse: Optional[Callable[[str, Tensor], Tensor]] = None) -> dict[str, Tensor]:
         """x: (B, 3, H, W) normalised, H and W multiples of 32 -> {level: (B, C_l, H/s_l, W/s_l)}.
 
         `fuse(level, map) -> map`, if given, replaces each level's map as soon as its stage has run,
-        so the later stages compute on the replaced map (Depth Fusion inside the backbone).
+        so the later stages compute on the replaced map (Depth Fusion inside the backbone). With
+        `activation_checkpointing` each stage keeps only its input and recomputes the rest in backward.
         """
-        if fuse is None:
+        if fuse is None and not self._checkpointing():
             feats = self.body(x)
             return {level: feats[i] for level, i in self._index.items()}
         if not isinstance(self.body, FeatureDictNet):
-            raise ValueError(f"Depth Fusion inside the backbone needs a timm model whose features_only wrapper runs "
-                             f"its stages in sequence; {self.name!r} is wrapped by {type(self.body).__name__}: "
-                             "set model.depth_fusion.inside_backbone=false")
+            raise ValueError(f"Depth Fusion inside the backbone and activation checkpointing need a timm model whose "
+                             f"features_only wrapper runs its stages in sequence; {self.name!r} is wrapped by "
+                             f"{type(self.body).__name__}: set model.depth_fusion.inside_backbone=false and "
+                             "model.activation_checkpointing=false")
         level_of = {name: level for name, idx in self.body.return_layers.items()
                     for level, i in self._index.items() if int(idx) == i}
         out = {}
         for name, module in self.body.items():
-            x = module(x)
+            # only the stages: an in-place stem ReLU would overwrite the input its recompute needs
+            stage = name in self.body.return_layers and getattr(module, "inplace", False) is not True
+            if stage and self._checkpointing():
+                x = checkpoint(module, x, use_reentrant=False, context_fn=self.checkpoint_contexts)
+            else:
+                x = module(x)
             if name in level_of:
-                x = out[level_of[name]] = fuse(level_of[name], x)
+                x = out[level_of[name]] = fuse(level_of[name], x) if fuse is not None else x
         return out

@@ -54,6 +54,7 @@ def build_model(cfg: ModelConfig, num_classes: int, depth_channels: dict[str, in
         mask_dim=cfg.mask_dim,
         roi_classifier=MaskRoIClassifier(cfg.mask_dim, num_classes, size=cfg.roi_size) if cfg.roi_classifier else None,
     )
+    backbone.activation_checkpointing = pixel_decoder.activation_checkpointing = cfg.activation_checkpointing
     return MaskFormer(backbone, pixel_decoder, decoder, fusion)
 
 

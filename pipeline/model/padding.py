@@ -13,7 +13,7 @@ plain operations.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Optional
 
 import torch
@@ -130,6 +130,8 @@ class SpatialPaddingHooks:
             spatial_conv = isinstance(m, nn.Conv2d) and max(m.kernel_size) > 1
             if spatial_conv or isinstance(m, (nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd)):
                 m.register_forward_pre_hook(self._hook)
+        if hasattr(module, "checkpoint_contexts"):  # a checkpointed stage recomputes outside `masked`
+            module.checkpoint_contexts = self.checkpoint_contexts
 
     @contextmanager
     def masked(self, mask: Optional[Tensor]) -> Iterator[None]:
@@ -139,6 +141,19 @@ class SpatialPaddingHooks:
             yield
         finally:
             self.mask, self._at = None, {}
+
+    def checkpoint_contexts(self) -> tuple[AbstractContextManager, AbstractContextManager]:
+        """`context_fn` of torch.utils.checkpoint: its recompute in backward zeroes the padding of the forward."""
+        return nullcontext(), self._restored(self.mask, dict(self._at))
+
+    @contextmanager
+    def _restored(self, mask: Optional[Tensor], at: dict) -> Iterator[None]:
+        saved = self.mask, self._at
+        self.mask, self._at = mask, at
+        try:
+            yield
+        finally:
+            self.mask, self._at = saved
 
     def _hook(self, module: nn.Module, args: tuple) -> Optional[tuple]:
         if self.mask is None or not args or args[0].dim() != 4:

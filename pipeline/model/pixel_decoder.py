@@ -24,6 +24,7 @@ from dgseg.pipeline.model.ms_deform_attn import MSDeformAttn
 from dgseg.pipeline.model.padding import downsample_mask, masked_interpolate, run_masked, valid_ratios, zero_padding
 from dgseg.pipeline.model.position_encoding import PositionEmbeddingSine
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 
 def group_norm(channels: int) -> nn.GroupNorm:
@@ -68,6 +69,13 @@ def reference_points(spatial_shapes: list[tuple[int, int]], ratios: Tensor) -> T
         points.append(torch.stack([xx, yy], -1))
     ref = torch.cat(points, 1)  # (B, S, 2)
     return ref[:, :, None, :] * ratios[:, None]
+
+
+def _fpn_level(lateral: nn.Module, output: nn.Module, feature: Tensor, y: Tensor, y_pad: Optional[Tensor],
+               pad: Optional[Tensor]) -> Tensor:
+    """One FPN round: the lateral projection of `feature` plus the upsampled coarser map `y`, refined."""
+    cur = run_masked(lateral, feature, pad)
+    return run_masked(output, cur + masked_interpolate(y, y_pad, cur.shape[-2:]), pad)
 
 
 class MSDeformAttnPixelDecoder(nn.Module):
@@ -135,6 +143,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
         nn.init.zeros_(self.mask_features.bias)
         self.num_feature_levels = min(3, n_levels)
         self.common_stride = common_stride
+        self.activation_checkpointing = False  # set by build_model (model.activation_checkpointing)
 
     def forward(self, features: dict[str, Tensor], mask: Optional[Tensor] = None) -> tuple[Tensor, list[Tensor]]:
         """
@@ -161,7 +170,11 @@ class MSDeformAttnPixelDecoder(nn.Module):
         ref = reference_points(shapes, ratios)
         padding = None if mask is None else torch.cat([p.flatten(1) for p in pads], 1)
         for layer in self.encoder:
-            src = layer(src, pos_all, ref, shapes, padding)
+            if self.activation_checkpointing and torch.is_grad_enabled():
+                # the encoder's attention and FFN activations over every token are recomputed in backward
+                src = checkpoint(layer, src, pos_all, ref, shapes, padding, use_reentrant=False)
+            else:
+                src = layer(src, pos_all, ref, shapes, padding)
         c = src.shape[-1]
         sizes = [h * w for h, w in shapes]
         outs = [zero_padding(t.transpose(1, 2).reshape(b, c, h, w), p)
@@ -169,7 +182,9 @@ class MSDeformAttnPixelDecoder(nn.Module):
         y, y_pad = outs[-1], pads[-1]
         for name, lateral, output in zip(self.fpn_features, self.lateral_convs, self.output_convs, strict=True):
             pad = downsample_mask(mask, features[name].shape[-2:])
-            cur = run_masked(lateral, features[name], pad)
-            y = run_masked(output, cur + masked_interpolate(y, y_pad, cur.shape[-2:]), pad)
+            if self.activation_checkpointing and torch.is_grad_enabled():
+                y = checkpoint(_fpn_level, lateral, output, features[name], y, y_pad, pad, use_reentrant=False)
+            else:
+                y = _fpn_level(lateral, output, features[name], y, y_pad, pad)
             y_pad = pad
         return self.mask_features(y), outs[: self.num_feature_levels]

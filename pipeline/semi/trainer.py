@@ -20,6 +20,7 @@ import time
 
 import torch
 from dgseg.pipeline.config import Config, TrainConfig
+from dgseg.pipeline.engine.accumulate import micro_steps, scale_terms, shares, split_batch
 from dgseg.pipeline.engine.checkpoint import load_checkpoint, load_model_state
 from dgseg.pipeline.engine.context import RunContext, build_context, check_finite, train_loader
 from dgseg.pipeline.engine.distributed import all_reduce_sum, broadcast_buffers
@@ -27,6 +28,7 @@ from dgseg.pipeline.engine.optim import base_lr, build_optimizer, build_schedule
 from dgseg.pipeline.engine.step_timer import StepTimer
 from dgseg.pipeline.engine.trainer import (
     LoaderClock,
+    batch_shares,
     due,
     main_loss_terms,
     optimizer_step,
@@ -89,15 +91,63 @@ def teacher_pseudo_labels(ctx: RunContext, teacher: nn.Module, batch,
     return rgb, depth
 
 
-def controller_stats(ctx: RunContext, rgb_pl: list[dict], depth_pl: list[dict], loss_rgb: dict,
-                     loss_depth: dict) -> dict:
-    """The Depth Controller's measurements of this step, summed over every process (so all ranks
-    update their controllers identically and keep the same w)."""
-    c = ctx.cfg.semi.controller
-    raw = measure_step(rgb_pl, depth_pl, loss_rgb, loss_depth, iou_threshold=c.agreement_iou,
-                       class_aware=c.agreement_class_aware)
-    reduced = reduce_measurements(raw, lambda v: all_reduce_sum(v, ctx.device), ctx.dist.world_size)
-    return finish_measurements(reduced)
+def labelled_micro_steps(ctx: RunContext, model: nn.Module, batch, timer: StepTimer, it: int) -> dict:
+    """Back-propagate the labelled loss of `batch` in `train.accumulate` micro-batches; its summed terms."""
+    n = ctx.cfg.train.accumulate
+
+    def loss(_: int, part) -> dict[str, torch.Tensor]:
+        part = part.to(ctx.device, non_blocking=True)
+        with timer("depth"):
+            ctx.provider.fill(part)
+        with timer("labelled"):
+            losses = supervised_losses(ctx, model, part)
+        check_finite(losses, it, ctx.out_dir)
+        return losses
+
+    return micro_steps(model, split_batch(batch, n), loss, batch_shares(ctx, batch.targets, n), timer)
+
+
+def unlabelled_micro_steps(ctx: RunContext, model: nn.Module, teacher: nn.Module, ub, w: float, augment,
+                           timer: StepTimer, it: int) -> tuple[dict, dict, list[dict], list[dict] | None]:
+    """The unlabelled half of a stage-B step in `train.accumulate` micro-batches: the teacher labels every
+    part first (the pseudo-label counts of the whole batch normalise each part's loss), then the student
+    learns from each part. Returns (summed unsup terms, the Depth Controller's raw measurements summed
+    over the parts ({} without depth pseudo-labels), the RGB and the depth pseudo-label sets)."""
+    semi, n, m = ctx.cfg.semi, ctx.cfg.train.accumulate, ctx.cfg.model
+    parts = [p.to(ctx.device, non_blocking=True) for p in split_batch(ub, n)]
+    for p in parts:
+        with timer("depth"):
+            ctx.provider.fill(p)
+    labels = [teacher_pseudo_labels(ctx, teacher, p, timer) for p in parts]
+    reduce = lambda v: all_reduce_sum(v, ctx.device)  # noqa: E731
+    rgb_shares = shares([lab[0] for lab in labels], m.num_queries, m.no_object_weight, reduce)
+    depth_shares = (shares([lab[1] for lab in labels], m.num_queries, m.no_object_weight, reduce)
+                    if semi.depth_pseudo_labels else None)
+    raw: dict[str, float] = {}
+
+    def loss(i: int, part) -> dict[str, torch.Tensor]:
+        rgb_pl, depth_pl = labels[i]
+        with timer("augment"):
+            strong = strong_view(part.images, part.valid, augment)
+        with timer("student_forward"):
+            out = _forward(ctx, model, strong, part)
+        with timer("unsup_loss"):
+            loss_rgb = scale_terms(ctx.criterion(out, rgb_pl), rgb_shares[i])
+            loss_depth = scale_terms(ctx.criterion(out, depth_pl), depth_shares[i]) if depth_pl is not None else None
+        if depth_pl is not None:
+            with timer("controller"):
+                c = semi.controller
+                for k, v in measure_step(rgb_pl, depth_pl, loss_rgb, loss_depth, iou_threshold=c.agreement_iou,
+                                         class_aware=c.agreement_class_aware).items():
+                    raw[k] = raw.get(k, 0.0) + v
+        unsup = combine_unsup_losses(loss_rgb, loss_depth, w, semi.unsup_weight)
+        check_finite(unsup, it, ctx.out_dir)
+        return unsup
+
+    terms = micro_steps(model, parts, loss, [{}] * n, timer)  # each set's terms are rescaled in `loss`
+    rgb = [p for lab in labels for p in lab[0]]
+    depth = [p for lab in labels for p in lab[1]] if semi.depth_pseudo_labels else None
+    return terms, raw, rgb, depth
 
 
 def strong_view(images: torch.Tensor, valid: torch.Tensor, augment) -> torch.Tensor:
@@ -189,42 +239,30 @@ def train_semi(cfg: Config, resume: bool = False) -> dict:
             model = wrap_ddp(ctx.model, ctx)
         in_b = it >= start_b
         record: dict = {}
-        batch = clock.next(lab_iter).to(ctx.device)
-        with timer("depth"):
-            ctx.provider.fill(batch)
-        with timer("labelled"):
-            losses = supervised_losses(ctx, model, batch)
+        lr = base_lr(ctx.scheduler, schedules["B" if in_b else "A"])  # the rate this step uses
+        ctx.optimizer.zero_grad(set_to_none=True)
+        losses = labelled_micro_steps(ctx, model, clock.next(lab_iter), timer, it)
         if in_b:
             if unl_iter is None:
                 unl_iter = iter(train_loader(unlabeled, cfg, ctx.dist, semi.unlabeled_batch_size,
                                              it - start_b, seed_offset=1))
-            ub = clock.next(unl_iter).to(ctx.device)
-            with timer("depth"):
-                ctx.provider.fill(ub)
-            rgb_pl, depth_pl = teacher_pseudo_labels(ctx, teacher, ub, timer)
-            with timer("augment"):
-                strong = strong_view(ub.images, ub.valid, augment)
-            with timer("student_forward"):
-                out = _forward(ctx, model, strong, ub)
-            with timer("unsup_loss"):
-                loss_rgb = ctx.criterion(out, rgb_pl)
-                loss_depth = ctx.criterion(out, depth_pl) if depth_pl is not None else None
+            # w comes from the measurements up to the last step: one update per step, whatever the micro-batches
+            w = controller.weight
+            unsup, raw, rgb_pl, depth_pl = unlabelled_micro_steps(ctx, model, teacher, clock.next(unl_iter), w,
+                                                                  augment, timer, it)
             with timer("controller"):
-                stats = controller_stats(ctx, rgb_pl, depth_pl, loss_rgb, loss_depth) if depth_pl is not None else {}
-                w = controller.update(it - start_b, stats)
-            unsup = combine_unsup_losses(loss_rgb, loss_depth, w, semi.unsup_weight)
-            record = {"loss_sup": float(sum(v.detach() for v in losses.values())),
-                      "loss_unsup": float(sum(v.detach() for v in unsup.values())),
+                stats = finish_measurements(reduce_measurements(
+                    raw, lambda v: all_reduce_sum(v, ctx.device), ctx.dist.world_size)) if raw else {}
+                controller.update(it - start_b, stats)
+            record = {"loss_sup": sum(losses.values()), "loss_unsup": sum(unsup.values()),
                       "pseudo/rgb_per_image": sum(len(p["labels"]) for p in rgb_pl) / len(rgb_pl)}
             if depth_pl is not None:  # the weight only means something when there are depth pseudo-labels
                 record["controller/weight"] = w
                 record["pseudo/depth_per_image"] = sum(len(p["labels"]) for p in depth_pl) / len(depth_pl)
                 record["pseudo/agreement"] = stats["agreement"]
             losses = {**losses, **unsup}
-        check_finite(losses, it, ctx.out_dir)
-        lr = base_lr(ctx.scheduler, schedules["B" if in_b else "A"])  # the rate this step uses
         with timer("backward_step"):
-            optimizer_step(ctx, sum(losses.values()), model.parameters())
+            optimizer_step(ctx, model.parameters())
         if in_b:
             b_step = it + 1 - start_b
             with timer("ema"):
@@ -238,6 +276,7 @@ def train_semi(cfg: Config, resume: bool = False) -> dict:
         if due(step, cfg.train.log_period, cfg.train.max_iter):
             terms = main_loss_terms(losses)
             bar.set_postfix(loss=f"{terms['loss']:.3f}", stage="B" if in_b else "A")
+            record = {k: float(v) if isinstance(v, torch.Tensor) else v for k, v in record.items()}
             ctx.log.write({"iter": step, "stage": "B" if in_b else "A", "loss": terms["loss"], **record,
                            "lr": lr, "time": time.perf_counter() - t0,
                            "data_time": clock.waited, **timer.log()})

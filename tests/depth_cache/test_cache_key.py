@@ -30,6 +30,7 @@ def test_every_setting_that_changes_values_changes_the_key(tmp_path):
         (est, dataclasses.replace(cache, levels=["path_4", "path_3"])),
         (est, dataclasses.replace(cache, dtype="int8")),
         (est, dataclasses.replace(cache, depth_stride=2)),
+        (est, dataclasses.replace(cache, decode="nvjpeg")),  # other pixels than the host decoders
     ]
     keys = {cache_key(key_fields(e, c)) for e, c in variants}
     assert base not in keys and len(keys) == len(variants)
@@ -37,6 +38,8 @@ def test_every_setting_that_changes_values_changes_the_key(tmp_path):
     same = dataclasses.replace(cache, shard_size=64, batch_size=2, num_workers=3, root=str(tmp_path / "other"))
     assert cache_key(key_fields(est, same)) == base
     assert cache_key(key_fields(dataclasses.replace(est, precision="bf16", device="cuda"), cache)) == base
+    # torchvision and PIL decode JPEGs to the same pixels on every host: one key, whatever the device
+    assert cache_key(key_fields(est, dataclasses.replace(cache, decode="pil"))) == base
 
 
 def test_weights_file_content_is_keyed(tmp_path):

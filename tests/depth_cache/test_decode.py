@@ -151,6 +151,28 @@ def test_unknown_decoder_is_refused(tmp_path):
         load_image(str(p), "cv2")
 
 
+def test_nvjpeg_is_refused_without_a_gpu():
+    with pytest.raises(ValueError, match="decode=nvjpeg decodes JPEGs on the GPU, but the estimator runs on cpu"):
+        make_runner(FakeEstimator(), 4, 28, device="cpu", decoder="nvjpeg")
+
+
+def test_decode_gap_measures_pixels_and_maps_of_two_decoders(tmp_path, monkeypatch):
+    from dgseg.bench.bench_cache import _images, decode_gap
+    from dgseg.depth_cache.estimators.depth_anything_v2 import build_tiny
+
+    records = _images(tmp_path / "img", 3, (48, 64))
+    tiny = build_tiny(seed=0, input_size=28, levels=["path_4"])
+    same = decode_gap(records, tiny, "cpu", ("pil", "torchvision"))
+    assert same["max"] == 0 and same["rel_l2/depth"] == 0 and same["rel_l2/path_4"] == 0
+    # a decoder that rounds differently (as nvjpeg does) shows in pixels, depth and features
+    import dgseg.depth_cache.decode as decode
+
+    real = decode.decode_image
+    monkeypatch.setattr(decode, "decode_image", lambda path: (real(path).int() + 3).clamp(0, 255).to(torch.uint8))
+    gap = decode_gap(records, tiny, "cpu", ("torchvision", "pil"))
+    assert gap["max"] == 3 and gap["share"] > 0.9 and gap["rel_l2/path_4"] > 0
+
+
 def test_network_input_batched_per_size_equals_one_image_at_a_time():
     from dgseg.depth_cache.runner import prepare_images
 
@@ -192,3 +214,21 @@ def test_exif_rotated_jpeg_is_decoded_upright_like_the_pil_path(tmp_path, defer)
     img = load_image(str(path), "torchvision", defer_jpeg=defer)
     assert isinstance(img, torch.Tensor)  # PIL's path, also when the GPU would decode the others
     assert img.shape == (3, 50, 30) and torch.equal(img, decode_image(str(path)))
+
+
+def test_maps_cast_to_fp16_before_the_copy_store_the_bytes_of_a_cast_on_the_host(tmp_path, monkeypatch):
+    import dgseg.depth_cache.runner as runner_mod
+
+    records = records_from_json(_jpeg_dir(tmp_path / "img"), tmp_path / "img")
+    cfg = cache_cfg(tmp_path / "device", decode="torchvision")
+    runner = make_runner(FakeEstimator(), cfg.depth_stride, 28, device="cpu", precision="fp32",
+                         batch_size=cfg.batch_size)
+    res = precompute(records, runner, fake_fields(), cfg, progress=False)
+    assert runner.map_dtype == torch.float16  # precompute asked for the cast before the copy
+
+    class HostCast(runner_mod.NetworkRunner):  # the path before: float32 maps, cast by pack_shard
+        map_dtype = property(lambda self: torch.float32, lambda self, value: None)
+
+    monkeypatch.setattr(runner_mod, "NetworkRunner", HostCast)
+    _, host = _cache(tmp_path, "host", records, "torchvision")
+    assert _markers(CacheReader(cfg.root, res.key)) == _markers(host)

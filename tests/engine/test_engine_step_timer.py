@@ -44,3 +44,28 @@ def test_stage_b_parts_are_logged_and_change_no_loss(tiny_cache, tiny_config, tm
     assert STAGE_B_PARTS <= set(parts)
     top = sum(v for k, v in parts.items() if k != "matching")  # matching runs inside the loss parts
     assert 0 < top <= last["time"] and parts["matching"] < parts["labelled"] + parts["unsup_loss"]
+
+
+def test_peak_memory_per_part_credits_nested_parts(monkeypatch):
+    """On CUDA each part records its peak and its rise over its start; a nested part's reset of the
+    peak counter must not hide the outer part's own peak (a fake allocator stands in for CUDA here)."""
+    state = {"now": 100, "peak": 100}
+
+    def alloc(n: int) -> None:
+        state["now"] += n
+        state["peak"] = max(state["peak"], state["now"])
+
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: state["now"])
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: state["peak"])
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device=None: state.update(peak=state["now"]))
+    timer = StepTimer(True)
+    timer.memory = True  # as on CUDA, without the synchronisations
+    with timer("outer"):
+        alloc(50)  # outer peaks at 150 ...
+        alloc(-50)
+        with timer("inner"):
+            alloc(20)  # ... inner at 120, after the outer's peak was reset away
+            alloc(-20)
+    log = timer.log()
+    assert log["mem/outer"] == 150 and log["mem_rise/outer"] == 50
+    assert log["mem/inner"] == 120 and log["mem_rise/inner"] == 20
