@@ -71,7 +71,7 @@ def test_shares_of_the_parts_add_up_to_the_whole():
     t = lambda n: {"labels": torch.zeros(n, dtype=torch.int64)}  # noqa: E731
     parts = [[t(3), t(0)], [t(5), t(1)]]
     got = shares(parts, num_queries=4, no_object_weight=0.1)
-    for kind in ("masks", "class", "images", "targets"):
+    for kind in ("masks", "class"):
         assert sum(s[kind] for s in got) == pytest.approx(1.0)
     # class weights: matched queries count 1, the rest 0.1; at most num_queries are matched
     assert normalisers(parts[1], 4, 0.1)["class"] == pytest.approx(4 + 0.1 * 0 + 1 + 0.1 * 3)
@@ -79,7 +79,7 @@ def test_shares_of_the_parts_add_up_to_the_whole():
 
 
 def test_terms_are_scaled_by_their_own_normaliser_and_unknown_terms_refused():
-    share = {"masks": 0.25, "class": 0.5, "images": 0.5, "targets": 0.3}
+    share = {"masks": 0.25, "class": 0.5}
     out = scale_terms({"loss_ce_1_rgbview": torch.tensor(2.0), "loss_dice_unsup_rgb": torch.tensor(2.0)}, share)
     assert out["loss_ce_1_rgbview"].item() == 1.0 and out["loss_dice_unsup_rgb"].item() == 0.5
     with pytest.raises(ValueError, match="loss_box"):
