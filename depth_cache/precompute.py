@@ -309,8 +309,6 @@ def precompute(records: list[ImageRecord], runner, fields: dict, cache_cfg: Cach
     store = CacheStore(cache_cfg.root, key)
     canvas = make_canvas(runner.short_side, CANVAS_ASPECT, runner.multiple_of)
     manifest = ensure_cache(store, fields, runner, cache_cfg, canvas, dist)
-    if manifest["storage_dtype"] == "fp16" and hasattr(runner, "map_dtype"):
-        runner.map_dtype = torch.float16  # cast on the device: half the device-to-host bytes, no host cast
     markers = store.read_markers()
     check_sources(records, markers, store, runner)
     dist.barrier()  # every rank looked at the same markers before anyone writes
@@ -327,6 +325,9 @@ def precompute(records: list[ImageRecord], runner, fields: dict, cache_cfg: Cach
     bar = ImageProgress(tqdm(total=len(todo), unit="img", desc=f"precompute {key}",
                              disable=not progress or dist.rank != 0), 2 if manifest.get("flip_views") else 1)
     runner.progress = bar
+    map_dtype = getattr(runner, "map_dtype", None)
+    if manifest["storage_dtype"] == "fp16" and map_dtype is not None:
+        runner.map_dtype = torch.float16  # cast on the device: half the device-to-host bytes, no host cast
     try:
         while True:  # passes: claim and compute what is free; then wait for other jobs' claims on our images
             sampler = ClaimingSampler([r.id for r in todo], claims, int(manifest["shard_size"]), handled)
@@ -340,6 +341,8 @@ def precompute(records: list[ImageRecord], runner, fields: dict, cache_cfg: Cach
             bar.set_postfix_str(f"waiting for {len(waiting)} images claimed by other jobs")
             time.sleep(min(5.0, cache_cfg.lease_s / 4))
     finally:
+        if map_dtype is not None:
+            runner.map_dtype = map_dtype  # the runner's own callers keep getting float32 maps
         bar.close()
         claims.close()  # unfinished shards go back at once (a killed job's wait for their lease to lapse)
     result.lost_shards = list(claims.lost)

@@ -223,8 +223,11 @@ def test_maps_cast_to_fp16_before_the_copy_store_the_bytes_of_a_cast_on_the_host
     cfg = cache_cfg(tmp_path / "device", decode="torchvision")
     runner = make_runner(FakeEstimator(), cfg.depth_stride, 28, device="cpu", precision="fp32",
                          batch_size=cfg.batch_size)
+    seen = []
+    real_run = runner.run_async
+    runner.run_async = lambda inputs, frames: (seen.append(runner.map_dtype), real_run(inputs, frames))[1]
     res = precompute(records, runner, fake_fields(), cfg, progress=False)
-    assert runner.map_dtype == torch.float16  # precompute asked for the cast before the copy
+    assert set(seen) == {torch.float16} and runner.map_dtype == torch.float32  # cast during the job only
 
     class HostCast(runner_mod.NetworkRunner):  # the path before: float32 maps, cast by pack_shard
         map_dtype = property(lambda self: torch.float32, lambda self, value: None)
