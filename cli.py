@@ -180,7 +180,8 @@ def _stage_one_cfg(config: str | None, overrides: tuple[str, ...], estimator=Non
 @click.option("--image-folder", type=click.Path(exists=True, file_okay=False),
               help="A bare image folder (ids = content hashes).")
 @click.option("--estimator", help="depth-anything-v2-{vits,vitb,vitl,vitg}, tiny or files.")
-@click.option("--weights", type=click.Path(exists=True, dir_okay=False), help="Official DAv2 checkpoint.")
+@click.option("--weights", type=click.Path(exists=True),
+              help="Official DAv2 checkpoint (.pth) or a Hugging Face model folder (config.json + model.safetensors).")
 @click.option("--depth-dir", type=click.Path(exists=True, file_okay=False), help="`files`: folder of depth maps.")
 @click.option("--depth-kind", type=click.Choice(["depth", "disparity"]), help="`files`: what the maps hold.")
 @click.option("--root", help="Cache root: a folder or an fsspec URL.")
