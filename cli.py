@@ -83,7 +83,7 @@ def main() -> None:
 @click.option("--num-val", default=200, show_default=True, help="Validation images.")
 @click.option("--size", default=128, show_default=True, help="Image side in pixels.")
 @click.option("--seed", default=0, show_default=True)
-@click.option("--preset", default="default", show_default=True,
+@click.option("--preset", type=click.Choice(["default", "small"]), default="default", show_default=True,
               help="Scene distribution: 'default' (large floating objects) or 'small' (small objects on a ground "
                    "plane, distractors, 4 classes); the options below override it.")
 @click.option("--layout", type=click.Choice(["floating", "ground"]), help="Objects on own depth planes, or standing "
@@ -198,7 +198,8 @@ def _stage_one_cfg(config: str | None, overrides: tuple[str, ...], estimator=Non
 @click.option("--image-folder", type=click.Path(exists=True, file_okay=False),
               help="A bare image folder (ids = content hashes).")
 @click.option("--estimator", help="depth-anything-v2-{vits,vitb,vitl,vitg}, tiny or files.")
-@click.option("--weights", type=click.Path(exists=True, dir_okay=False), help="Official DAv2 checkpoint.")
+@click.option("--weights", type=click.Path(exists=True),
+              help="Official DAv2 checkpoint (.pth) or a Hugging Face model folder (config.json + model.safetensors).")
 @click.option("--depth-dir", type=click.Path(exists=True, file_okay=False), help="`files`: folder of depth maps.")
 @click.option("--depth-kind", type=click.Choice(["depth", "disparity"]), help="`files`: what the maps hold.")
 @click.option("--root", help="Cache root: a folder or an fsspec URL.")
@@ -384,7 +385,7 @@ def train_cmd(config: str | None, resume: bool, overwrite: bool, overrides: tupl
 @main.command("evaluate")
 @CONFIG_OPTION
 @click.option("--checkpoint", required=True, type=click.Path(exists=True),
-              help="Checkpoint file, or a run folder (its last checkpoint).")
+              help="Checkpoint file, or a run folder (its final weights, else its last checkpoint).")
 @click.option("--which", type=click.Choice(["auto", "model", "teacher", "student", "both"]), default="auto",
               show_default=True, help="Weights to evaluate; auto = the teacher when the checkpoint has one; "
               "student = the trained model of a teacher-student run; both = teacher and student.")
@@ -406,11 +407,13 @@ def evaluate_cmd(config: str | None, checkpoint: str, which: str, out_dir: str |
 @main.command("predict")
 @CONFIG_OPTION
 @click.option("--checkpoint", required=True, type=click.Path(exists=True),
-              help="Checkpoint file, or a run folder (its last checkpoint).")
+              help="Checkpoint file, or a run folder (its final weights, else its last checkpoint).")
 @click.option("--images", "inputs", required=True, multiple=True, type=click.Path(exists=True),
               help="Image files or folders; repeatable.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
-@click.option("--which", type=click.Choice(["auto", "model", "teacher"]), default="auto", show_default=True)
+@click.option("--which", type=click.Choice(["auto", "model", "teacher", "student"]), default="auto",
+              show_default=True, help="Weights to use; auto = the teacher when the checkpoint has one; "
+              "student = the trained model of a teacher-student run (= model).")
 @click.option("--score-threshold", default=0.5, show_default=True,
               help="Draw and write instances scoring at least this (0 keeps all top-k).")
 @click.argument("overrides", nargs=-1)

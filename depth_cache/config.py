@@ -33,7 +33,8 @@ class EstimatorConfig:
         "tiny",
         help="depth source: depth-anything-v2-{vits,vitb,vitl,vitg}, tiny (random-init DAv2, for tests) or files")
     weights: Optional[str] = setting(
-        None, help="local checkpoint of a DAv2 estimator (the official depth_anything_v2_*.pth)")
+        None, help="local weights of a DAv2 estimator: the official depth_anything_v2_*.pth, or a Hugging Face "
+        "model folder (config.json + model.safetensors, e.g. Depth-Anything-V2-Small-hf)")
     depth_dir: Optional[str] = setting(
         None, help="files source: folder of 16-bit PNG / .npy depth maps named by image stem")
     depth_kind: Literal["depth", "disparity"] = setting(

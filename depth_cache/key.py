@@ -52,6 +52,8 @@ def _estimator_fields(cfg: EstimatorConfig) -> dict[str, Any]:
                 f"estimator {name} needs a weights file (estimator.weights / --weights): a cache of "
                 "random weights could not be reproduced; use the `tiny` estimator for tests"
             )
+        if os.path.isdir(cfg.weights):  # a Hugging Face folder: its tensors file (config.json only describes them)
+            return {"hf_weights_sha256": file_sha256(os.path.join(cfg.weights, "model.safetensors"))}
         return {"weights_sha256": file_sha256(cfg.weights)}
     if name == "tiny":
         from dgseg.depth_cache.estimators.depth_anything_v2 import tiny_fingerprint

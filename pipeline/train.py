@@ -7,7 +7,10 @@ so neither imports the other.
 
 from __future__ import annotations
 
+import os
+
 from dgseg.pipeline.config import Config
+from dgseg.pipeline.engine.tb_log import run_logging
 from dgseg.pipeline.engine.trainer import train_supervised
 from dgseg.pipeline.semi.trainer import train_semi
 
@@ -15,6 +18,8 @@ from dgseg.pipeline.semi.trainer import train_semi
 def train(cfg: Config, resume: bool = False) -> dict:
     """Supervised training, or both stages of the teacher-student recipe when `semi.enabled`;
     returns the last evaluation's metrics."""
-    if cfg.semi.enabled:
-        return train_semi(cfg, resume=resume)
-    return train_supervised(cfg, resume=resume)
+    # log.txt for this run only (the handler goes when it ends); other processes of a torchrun job log nothing
+    with run_logging(cfg.train.output_dir, is_main=int(os.environ.get("RANK", "0")) == 0):
+        if cfg.semi.enabled:
+            return train_semi(cfg, resume=resume)
+        return train_supervised(cfg, resume=resume)

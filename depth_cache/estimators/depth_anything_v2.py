@@ -4,6 +4,7 @@ Computes the same function as the official implementation (checked against a ref
 with it, `tests/depth_cache/test_dav2_fixture.py`) and loads its checkpoints
 (`depth_anything_v2_{vits,vitb,vitl,vitg}.pth`) with `strict=True`: the module names are the
 official ones (`pretrained.*`, `depth_head.*`), so no key mapping is needed beyond unwrapping.
+A Hugging Face folder (`Depth-Anything-V2-*-hf`) is mapped onto those names (`hf_depth_anything`).
 Besides depth it returns the DPT decoder's fused maps `path_4..path_1` for the depth cache.
 The model is frozen: always in eval mode, no gradients.
 """
@@ -20,6 +21,8 @@ import torch.nn.functional as F
 from dgseg.depth_cache.estimators.base import DepthEstimator, DepthOutput, FeatureInfo, Preprocess
 from dgseg.depth_cache.estimators.dinov2 import DinoVisionTransformer
 from dgseg.depth_cache.estimators.dpt import DPTHead
+from dgseg.depth_cache.estimators.hf_depth_anything import check_hf_config, read_hf_folder
+from dgseg.weights_io import load_error_reason
 
 # Official model configs (run.py's `model_configs`) plus a small one of the same architecture.
 MODEL_CONFIGS: dict[str, dict] = {
@@ -122,14 +125,17 @@ def _meta_model(size: str, **kwargs: object) -> DepthAnythingV2:
 
 def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     """A state dict from an official or re-saved checkpoint (bare, or under "model"/"state_dict";
-    a DataParallel "module." prefix is dropped). Loaded with `weights_only=True` (untrusted file)."""
+    a DataParallel "module." prefix is dropped), or from a Hugging Face model folder (mapped onto the
+    official names). Loaded with `weights_only=True` / safetensors (untrusted files)."""
     path = Path(path)
+    if path.is_dir():
+        return read_hf_folder(path)[0]
     if not path.is_file():
         raise FileNotFoundError(f"Depth Anything V2 weights file not found: {path}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling problem is a bad file
-        raise ValueError(f"cannot read weights file {path}: {type(e).__name__}: {e}") from e
+        raise ValueError(f"cannot read weights file {path}: {load_error_reason(e)}") from e
     for wrapper in ("model", "state_dict"):
         if isinstance(ckpt, Mapping) and isinstance(ckpt.get(wrapper), Mapping):
             ckpt = ckpt[wrapper]
@@ -185,16 +191,22 @@ def build_depth_anything_v2(
 ) -> DepthAnythingV2:
     """Depth Anything V2 of `size` (vits, vitb, vitl, vitg), frozen, on the CPU in float32.
 
-    With `weights`, the file is read and checked against the architecture before anything is
-    allocated (a mismatch raises WeightsMismatchError naming keys and shapes); without, the
-    weights are random (for benchmarks and tests only).
+    With `weights` (an official `.pth` or a Hugging Face folder), the file is read and checked
+    against the architecture before anything is allocated (a mismatch raises WeightsMismatchError
+    naming keys and shapes); without, the weights are random (for benchmarks and tests only).
     """
     cfg = _config(size)
     kwargs = dict(input_size=input_size, levels=levels, name=f"depth-anything-v2-{size}")
     if weights is None:
         return _freeze(DepthAnythingV2(**cfg, **kwargs))
-    state_dict = read_checkpoint(weights)
-    check_weights(state_dict, size, weights)
+    hf_config = None
+    if Path(weights).is_dir():
+        state_dict, hf_config = read_hf_folder(weights)
+    else:
+        state_dict = read_checkpoint(weights)
+    check_weights(state_dict, size, weights)  # first: the shapes name the size that would fit
+    if hf_config is not None:
+        check_hf_config(hf_config, cfg["layer_idx"], size, Path(weights))
     model = _meta_model(size, **kwargs)
     # assign: the loaded tensors become the parameters (no second copy, no random init of 1B params)
     model.load_state_dict(state_dict, strict=True, assign=True)

@@ -66,11 +66,12 @@ class FilesDepth:
     multiple_of = 1
 
     def __init__(self, depth_dir: str | Path, kind: Literal["depth", "disparity"], levels: list[str],
-                 allow_symlinks: bool = False):  # fmt: skip
+                 allow_symlinks: bool = False, must_exist: bool = True):  # fmt: skip
+        """`must_exist=False`: the folder may be absent (maps passed in memory; `find` then names it)."""
         if kind not in ("depth", "disparity"):
             raise ValueError(f"files source: depth_kind must be 'depth' or 'disparity', got {kind!r}")
         self.depth_dir = Path(depth_dir)
-        if not self.depth_dir.is_dir():
+        if must_exist and not self.depth_dir.is_dir():
             raise ValueError(f"files source: depth folder not found: {self.depth_dir}")
         self.kind, self.allow_symlinks = kind, allow_symlinks
         self.feature_info = parse_levels(levels)

@@ -157,6 +157,8 @@ class TrainConfig:
     amp: bool = setting(True, help="bf16 autocast on CUDA (ignored on CPU)")
     checkpoint_period: int = setting(200, range="[0, inf)",
         help="save a checkpoint every this many iterations and at the end; 0 = only at the end")
+    keep_checkpoints: int = setting(3, range="[0, inf)",
+        help="full checkpoints (with optimiser state) kept in the run folder, newest first; 0 = keep all")
     eval_period: int = setting(200, range="[0, inf)",
         help="evaluate on the val split every this many iterations and at the end; 0 = only at the end")
     log_period: int = setting(10, range="[0, inf)",

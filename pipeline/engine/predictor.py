@@ -1,12 +1,15 @@
 """`Predictor`: a checkpoint that segments images in memory (notebooks, services, `cli.py predict`).
 
-    predictor = Predictor(cfg, "runs/demo")          # a checkpoint file or a run folder
+    predictor = Predictor.from_run("runs/demo")      # the run's config.yaml and final weights
     result = predictor("photo.jpg")                  # or a PIL image, an (H, W, 3) uint8 array,
-    result.above(0.5).to_coco(image_id=7)            # or a (3, H, W) float tensor in [0, 1]
+                                                     # or a (3, H, W) float tensor in [0, 1]
+    result = predictor(rgb, depth=depth_map)         # `files` depth source: the (H, W) map in memory
+    result.above(0.5).to_coco(image_id=7)            # COCO results (RLE), as pycocotools' loadRes reads
+    result.to_numpy()["masks"]                       # (N, H, W) bool numpy arrays
 
 New images are in no cache, so this runs the depth source itself (a network estimator online, or
-the `files` source reading the depth map named by the image's file stem), with the cache's
-normalisation, then the test-time transforms and the model, one image at a time.
+the `files` source reading the depth map named by the image's file stem, or the one passed in),
+with the cache's normalisation, then the test-time transforms and the model, one image at a time.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from dgseg.pipeline.engine.distributed import pick_device
 from PIL import Image
 
 ImageInput = Union[str, Path, Image.Image, np.ndarray, torch.Tensor]
+DepthInput = Union[np.ndarray, torch.Tensor]
+WEIGHTS = {"model": "model", "student": "model", "teacher": "teacher"}  # `which` -> checkpoint key
 
 
 @dataclass
@@ -72,6 +77,13 @@ class Prediction:
     def as_dict(self) -> dict[str, torch.Tensor]:
         """The `postprocess` dict (masks, scores, labels, boxes) that evaluation and drawing read."""
         return {"masks": self.masks, "scores": self.scores, "labels": self.labels, "boxes": self.boxes}
+
+    def to_numpy(self) -> dict[str, np.ndarray]:
+        """masks (N, H, W) bool, scores (N,) float32, labels (N,) int64, boxes (N, 4) float32 xyxy, and
+        category_ids (N,) int64 in the dataset's terms (names: `category_names`)."""
+        return {"masks": self.masks.numpy().astype(bool), "scores": self.scores.float().numpy(),
+                "labels": self.labels.long().numpy(), "boxes": self.boxes.float().numpy(),
+                "category_ids": np.asarray(self.category_ids, dtype=np.int64)}
 
     def to_coco(self, image_id: int, score_threshold: float = 0.0) -> list[dict]:
         """COCO results (RLE segmentation, the dataset's category ids, score, bbox) as `evaluate` writes."""
@@ -126,22 +138,52 @@ class ImageDepth:
         from dgseg.depth_cache.estimators.files import FilesDepth
         from dgseg.depth_cache.online import OnlineDepth
 
-        source = build_source(cfg.depth.estimator, levels)
+        est = cfg.depth.estimator
+        if est.name == "files":  # its folder may be absent when every depth map is passed in memory
+            source = FilesDepth(est.depth_dir or "", est.depth_kind, levels, est.allow_symlinks_outside,
+                                must_exist=False)
+        else:
+            source = build_source(est, levels)
         self.channels = {fi.name: int(fi.channels) for fi in source.feature_info if fi.name in levels}
         self.files = source if isinstance(source, FilesDepth) else None
         self.online = None if self.files else OnlineDepth(source.to(device), cfg.depth.cache.depth_stride)
         self.device = device
 
-    def __call__(self, image: torch.Tensor, stem: Optional[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """image (3, H, W) in [0, 1] -> depth (1, h, w), features {name: (C, h', w')} covering the image."""
+    def __call__(self, image: torch.Tensor, stem: Optional[str],
+                 raw: Optional[DepthInput] = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:  # fmt: skip
+        """image (3, H, W) in [0, 1] -> depth (1, h, w), features {name: (C, h', w')} covering the image.
+
+        `raw`: the `files` source's (H, W) map in memory (of the configured depth_kind) instead of a file."""
+        size = tuple(image.shape[-2:])
+        if raw is not None:
+            if self.files is None:
+                raise ValueError("depth= is for the `files` depth source; this run's network estimator computes "
+                                 "depth from the image itself")  # fmt: skip
+            out = self.files(_depth_map(raw, size))
+            return out.depth, {k: v[0] for k, v in out.features.items()}
         if self.files is not None:
             if stem is None:
                 raise ValueError("the files depth source reads the depth map named by the image's file stem: "
-                                 "pass a path, or name= the stem")  # fmt: skip
-            out = self.files(self.files.load(stem, tuple(image.shape[-2:])))
+                                 "pass a path, name= the stem, or depth= the map")  # fmt: skip
+            out = self.files(self.files.load(stem, size))
             return out.depth, {k: v[0] for k, v in out.features.items()}
         entry = self.online(image[None].to(self.device))[0]
         return entry.depth.cpu(), {k: v.float().cpu() for k, v in entry.features.items()}
+
+
+def _depth_map(raw: DepthInput, size: tuple[int, int]) -> torch.Tensor:
+    """An in-memory (H, W) depth map as float32, resized bilinearly to the image `size` (as a file's)."""
+    import torch.nn.functional as F
+
+    t = torch.from_numpy(np.asarray(raw, dtype=np.float32)) if isinstance(raw, np.ndarray) else raw.detach().float()
+    if t.dim() == 3 and 1 in (t.shape[0], t.shape[-1]):
+        t = t.reshape(t.shape[1:] if t.shape[0] == 1 else t.shape[:2])
+    if t.dim() != 2:
+        raise ValueError(f"depth= must be an (H, W) map, got shape {tuple(t.shape)}")
+    t = t.cpu()
+    if tuple(t.shape) != tuple(size):
+        t = F.interpolate(t[None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
+    return t
 
 
 class Predictor:
@@ -149,8 +191,9 @@ class Predictor:
 
     Args:
         cfg: the run's config (model, depth source, test size, annotation files for the categories).
-        checkpoint: a checkpoint file, or a run folder (its last checkpoint).
-        which: "model", "teacher", or "auto" (the teacher when the checkpoint has one).
+        checkpoint: a checkpoint file, or a run folder (its final weights, else its last checkpoint).
+        which: "teacher", "student" (= "model", the trained model), or "auto" (the teacher when the
+            checkpoint has one).
         device: default `cfg.train.device` ("auto": CUDA when available).
     """
 
@@ -163,24 +206,41 @@ class Predictor:
         self.device = torch.device(device) if device is not None else pick_device(cfg.train.device)
         self.checkpoint = resolve_checkpoint(checkpoint)
         ckpt = load_checkpoint(self.checkpoint)
+        if which != "auto" and which not in WEIGHTS:
+            raise ValueError(f"unknown weights {which!r}; choose auto, {', '.join(WEIGHTS)}")
         self.which = which if which != "auto" else ("teacher" if "teacher" in ckpt else "model")
-        if self.which not in ckpt:
-            raise KeyError(f"{self.checkpoint}: has no '{self.which}' weights (it has: {', '.join(sorted(ckpt))})")
+        key = WEIGHTS[self.which]
+        if key not in ckpt:
+            raise KeyError(f"{self.checkpoint}: has no '{key}' weights (it has: {', '.join(sorted(ckpt))})")
         levels = needed_levels(cfg)
         self.depth = ImageDepth(cfg, levels, self.device) if levels else None
         self.model = build_model(cfg.model, cfg.data.num_classes, self.depth.channels if self.depth else {})
-        load_model_state(self.model, ckpt[self.which], f"{self.checkpoint} [{self.which}]")
+        load_model_state(self.model, ckpt[key], f"{self.checkpoint} [{key}]")
         self.model.to(self.device).eval()
         self.transforms = build_test_transforms(cfg.data.test_size, cfg.data.feature_stride,
                                                 cfg.data.test_max_size)
         self.categories = load_categories(cfg, cfg.data.num_classes)
 
+    @classmethod
+    def from_run(cls, run_dir: Union[str, Path], which: str = "auto",
+                 device: Optional[Union[str, torch.device]] = None) -> Predictor:
+        """The predictor of a run folder: its `config.yaml` and its final weights (else last checkpoint)."""
+        from dgseg.pipeline.config.loading import load_config
+
+        run = Path(run_dir)
+        if not (run / "config.yaml").is_file():
+            raise FileNotFoundError(f"{run}: not a run folder (no config.yaml; `train` writes one into "
+                                    "train.output_dir)")  # fmt: skip
+        return cls(load_config(run / "config.yaml"), run, which, device)
+
     @torch.no_grad()
-    def __call__(self, image: ImageInput, name: Optional[str] = None) -> Prediction:
+    def __call__(self, image: ImageInput, name: Optional[str] = None,
+                 depth: Optional[DepthInput] = None) -> Prediction:  # fmt: skip
         """Instances of one image (path, PIL image, (H, W, 3) uint8 array or (3, H, W) float tensor).
 
         `name`: what the result is called (default: the file stem, else "image"); the `files` depth
-        source reads the depth map of that stem."""
+        source reads the depth map of that stem, unless `depth` gives the (H, W) map itself (numpy or
+        torch, of the configured `depth_kind`; resized to the image if its size differs)."""
         from dgseg.pipeline.data.collate import collate
         from dgseg.pipeline.data.sample import new_sample
         from dgseg.pipeline.engine.inference import postprocess_outputs
@@ -188,7 +248,9 @@ class Predictor:
         if name is None and isinstance(image, (str, Path)):
             name = Path(image).stem
         tensor = to_image_tensor(image)
-        depth, feats = self.depth(tensor, name) if self.depth is not None else (None, {})
+        if depth is not None and self.depth is None:
+            raise ValueError("depth= given, but this model reads no depth (its config has no depth inputs)")
+        depth, feats = self.depth(tensor, name, depth) if self.depth is not None else (None, {})
         sample = self.transforms(new_sample(tensor, depth=depth, features=feats, image_id=name or "image"))
         batch = collate([sample]).to(self.device)
         outputs = self.model(batch.images, batch.features if self.depth is not None else None, ~batch.valid)

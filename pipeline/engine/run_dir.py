@@ -14,8 +14,8 @@ LAST = "last_checkpoint"  # = pipeline.engine.checkpoint.LAST; not imported so t
 
 # what a run writes into its folder (trainer, checkpoints, metrics log, curves) and `evaluate`'s
 # default output folders; nothing else in the folder is touched by --overwrite
-RUN_FILES = ("metrics.jsonl", "curves.png", "config.yaml", LAST)
-RUN_GLOBS = ("model_*.pth", "model_*.pth.tmp", LAST + ".tmp")
+RUN_FILES = ("metrics.jsonl", "curves.png", "config.yaml", "log.txt", "model_final.safetensors", LAST)
+RUN_GLOBS = ("model_*.pth", "model_*.pth.tmp", "model_final.safetensors.tmp", "events.out.tfevents.*", LAST + ".tmp")
 EVAL_DIRS = ("eval_model_*", "final_eval", "final_eval_*")  # evaluate's, and the trainer's last evaluation
 
 
@@ -28,7 +28,7 @@ def previous_run(out_dir: str | Path) -> list[Path]:
     out = Path(out_dir)
     if not out.is_dir():
         return []
-    found = sorted(out.glob("model_*.pth"))
+    found = sorted(out.glob("model_*.pth"))  # model_final.pth too
     found += [p for p in (out / LAST, out / "metrics.jsonl") if p.is_file()]
     return found
 

@@ -22,12 +22,14 @@ from dgseg.pipeline.engine.checkpoint import (
     load_model_state,
     rng_state,
     save_checkpoint,
+    save_final_weights,
     set_rng_state,
 )
 from dgseg.pipeline.engine.context import RunContext, build_context, check_finite, train_loader
 from dgseg.pipeline.engine.distributed import all_gather_objects
 from dgseg.pipeline.engine.inference import evaluate_model
 from dgseg.pipeline.engine.optim import base_lr
+from dgseg.pipeline.engine.tb_log import LOGGER, val_pictures
 from torch import nn
 from tqdm import tqdm
 
@@ -128,7 +130,17 @@ def save_run_checkpoint(ctx: RunContext, step: int, **extra) -> None:
     """Every process calls this: rank 0 writes the checkpoint with each process's RNG state."""
     rngs = all_gather_objects(rng_state())
     if ctx.dist.is_main:
-        save_checkpoint(ctx.out_dir, step, checkpoint_state(ctx, rng_per_rank=rngs, **extra))
+        save_checkpoint(ctx.out_dir, step, checkpoint_state(ctx, rng_per_rank=rngs, **extra),
+                        keep=ctx.cfg.train.keep_checkpoints)
+
+
+def save_final(ctx: RunContext, teacher: nn.Module | None = None) -> None:
+    """The finished run's weights alone (`model_final.pth`, `.safetensors`): what evaluate and predict read."""
+    if ctx.dist.is_main:
+        models = {"model": ctx.model.state_dict(), **({"teacher": teacher.state_dict()} if teacher else {})}
+        paths = save_final_weights(ctx.out_dir, models, to_dict(ctx.cfg), ctx.cfg.train.max_iter)
+        LOGGER.info("final weights (%s): %s", ", ".join(models), ", ".join(str(p) for p in paths))
+    ctx.log.close()
 
 
 def checkpoint_state(ctx: RunContext, **extra) -> dict:
@@ -158,6 +170,10 @@ def periodic_eval(ctx: RunContext, model: nn.Module, iteration: int, prefix: str
         from dgseg.pipeline.evaluation.visualize import plot_curves
 
         plot_curves(ctx.log.path, ctx.out_dir / "curves.png")
+        if ctx.log.writer is not None:
+            names = [str(c.get("name", c["id"])) for c in sorted(ctx.coco_val.cats.values(), key=lambda c: c["id"])]
+            ctx.log.images(f"{prefix}/predictions", val_pictures(model, ctx.val_loader, ctx.device, ctx.provider,
+                                                                 ctx.cfg.eval, ctx.use_depth, names), iteration)
     return metrics
 
 
@@ -201,4 +217,5 @@ def train_supervised(cfg: Config, resume: bool = False) -> dict:
             save_run_checkpoint(ctx, step)
         if due(step, cfg.train.eval_period, cfg.train.max_iter):
             metrics = periodic_eval(ctx, ctx.model, step)
+    save_final(ctx)
     return metrics

@@ -1,8 +1,9 @@
 """The backbone: any timm model with `features_only`, exposing levels res2..res5 (strides 4..32).
 
-Weights are never downloaded: `pretrained=False` always, and a checkpoint, if given, is a local
-file read with `torch.load(..., weights_only=True)` (weight files are untrusted) and loaded into
-the timm model, with a clear error when its keys or shapes do not fit.
+Weights are never downloaded: a checkpoint, if given, is a local `.pth` or `.safetensors` file read
+by timm's `load_state_dict` with `weights_only=True` (weight files are untrusted), checked strictly
+against the timm model (a clear error when its keys or shapes do not fit), and loaded by timm's
+own pretrained path, which maps the classification model's names onto the features_only wrapper.
 
 BatchNorm is frozen by default with pretrained weights (`FrozenBatchNorm2d`, as Mask2Former and
 Guided Distillation): the ImageNet statistics and affine stay fixed, so the few images per GPU at
@@ -23,7 +24,9 @@ from typing import Optional
 
 import timm
 import torch
+from dgseg.weights_io import load_error_reason
 from timm.layers import freeze_batch_norm_2d
+from timm.models import load_state_dict as timm_load_state_dict
 from timm.models._features import FeatureDictNet
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
@@ -39,33 +42,34 @@ def _check_name(name: str) -> None:
         raise ValueError(f"unknown timm backbone {name!r}{hint}")
 
 
-def _read_state_dict(path: Path) -> dict[str, Tensor]:
+def read_timm_weights(name: str, path: str | Path) -> dict[str, Tensor]:
+    """The state dict of a local timm checkpoint (`.pth`/`.pth.tar` or `.safetensors`, bare or under
+    state_dict/model/EMA keys, "module." dropped: timm's own `load_state_dict`), checked strictly
+    against the classification model `name`: its head's keys may be absent, nothing else may differ."""
+    path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"backbone weights file {path} does not exist")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = timm_load_state_dict(str(path), use_ema=False, weights_only=True)
     except Exception as exc:  # corrupt file, or a pickle with objects that weights_only refuses
-        raise ValueError(f"cannot read backbone weights {path}: {exc}") from exc
-    for key in ("state_dict", "model", "state_dict_ema"):
-        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
-            state = state[key]
-            break
+        raise ValueError(f"cannot read backbone weights {path}: {load_error_reason(exc)}") from exc
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise ValueError(f"backbone weights {path} are not a state dict of tensors")
-    return {k.removeprefix("module."): v for k, v in state.items()}
-
-
-def _source_key(key: str, state: dict[str, Tensor]) -> Optional[str]:
-    """The checkpoint key of a features_only parameter name.
-
-    timm's feature wrappers flatten the first level of nested modules ("stages.0" -> "stages_0")
-    or wrap the model ("model."); the checkpoint uses the classification model's names.
-    """
-    head, _, rest = key.partition(".")
-    for cand in (key, head.replace("_", ".") + "." + rest if rest else key, key.removeprefix("model.")):
-        if cand in state:
-            return cand
-    return None
+    with torch.device("meta"):  # names and shapes only, no memory
+        ref = timm.create_model(name, pretrained=False)
+    head = ref.pretrained_cfg.get("classifier") or ()
+    heads = (head,) if isinstance(head, str) else tuple(head)
+    own = {k: tuple(v.shape) for k, v in ref.state_dict().items()}
+    optional = {k for k in own if k.split(".")[0] in heads or any(k.startswith(h + ".") for h in heads)}
+    missing = [k for k in own if k not in state and k not in optional]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k}: file {tuple(state[k].shape)} vs model {own[k]}" for k in own
+              if k in state and tuple(state[k].shape) != own[k] and k not in optional]
+    if missing or unexpected or shapes:
+        parts = [f"{len(items)} {title} (e.g. {items[:3]})" for title, items in
+                 (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)) if items]
+        raise ValueError(f"backbone weights {path} do not fit timm model {name!r}: " + "; ".join(parts))
+    return {k: v for k, v in state.items() if k not in optional}
 
 
 RANDOM_INIT_WARN_PARAMS = 15_000_000  # resnet18 (11M) is the demo's random-init backbone; resnet50 has 24M
@@ -129,26 +133,13 @@ class Backbone(nn.Module):
             self.body = freeze_batch_norm_2d(self.body)
 
     def load_weights(self, path: str) -> None:
-        """Load a local timm checkpoint; raises ValueError naming the file if it does not fit."""
-        state = _read_state_dict(Path(path))
-        own = self.body.state_dict()
-        mapped, missing, wrong_shape = {}, [], []
-        for key, value in own.items():
-            src = _source_key(key, state)
-            if src is None:
-                missing.append(key)
-            elif state[src].shape != value.shape:
-                wrong_shape.append(f"{key}: file {tuple(state[src].shape)} vs model {tuple(value.shape)}")
-            else:
-                mapped[key] = state[src]
-        if missing or wrong_shape:
-            parts = []
-            if missing:
-                parts.append(f"{len(missing)} missing keys (e.g. {missing[:3]})")
-            if wrong_shape:
-                parts.append(f"{len(wrong_shape)} shape mismatches (e.g. {wrong_shape[:3]})")
-            raise ValueError(f"backbone weights {path} do not fit timm model {self.name!r}: " + "; ".join(parts))
-        self.body.load_state_dict(mapped)
+        """Load a local timm checkpoint through timm (which maps it onto the features_only wrapper);
+        raises ValueError naming the file if it does not fit."""
+        state = read_timm_weights(self.name, path)
+        # timm's pretrained path with the checked state dict: its own key mapping, never a download
+        loaded = timm.create_model(self.name, pretrained=True, features_only=True,
+                                   pretrained_cfg_overlay=dict(state_dict=state, file=None, url=None, hf_hub_id=None))
+        self.body.load_state_dict(loaded.state_dict())
 
     def _checkpointing(self) -> bool:
         return self.activation_checkpointing and torch.is_grad_enabled()

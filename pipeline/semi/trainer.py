@@ -34,6 +34,7 @@ from dgseg.pipeline.engine.trainer import (
     optimizer_step,
     periodic_eval,
     restore,
+    save_final,
     save_run_checkpoint,
     wrap_ddp,
 )
@@ -288,4 +289,5 @@ def train_semi(cfg: Config, resume: bool = False) -> dict:
             metrics = periodic_eval(ctx, teacher if in_b else ctx.model, step)
             if in_b and step == cfg.train.max_iter:
                 periodic_eval(ctx, ctx.model, step, prefix="student")
+    save_final(ctx, teacher if cfg.train.max_iter > start_b else None)
     return metrics

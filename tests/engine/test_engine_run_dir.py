@@ -24,6 +24,8 @@ def _old_run(run: Path) -> None:
     for kept in ("final_eval", "final_eval_student"):  # the trainer's last evaluation
         (run / kept).mkdir()
         (run / kept / "coco_results.json").write_text("[]")
+    for name in ("model_final.pth", "model_final.safetensors", "log.txt", "events.out.tfevents.1.host.2.0"):
+        (run / name).write_bytes(b"old")  # the finished run's weights, its log and its TensorBoard events
     (run / "notes.txt").write_text("mine")
 
 
@@ -75,5 +77,5 @@ def test_overwrite_then_train_starts_afresh(tiny_cache, tiny_config, tmp_path):
     train(tiny_config(tiny_cache, run, "train.max_iter=2", "train.checkpoint_period=0"))
     rows = [json.loads(s) for s in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["iter"] for r in rows if "loss" in r] == [1, 2]  # one row per iteration, none of the old run
-    assert sorted(p.name for p in run.glob("model_*.pth")) == ["model_0000002.pth"]
+    assert sorted(p.name for p in run.glob("model_*.pth")) == ["model_0000002.pth", "model_final.pth"]
     assert (run / LAST).read_text() == "model_0000002.pth" and (run / "notes.txt").read_text() == "mine"

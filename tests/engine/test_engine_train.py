@@ -22,6 +22,8 @@ def losses_by_iter(run_dir) -> dict[int, float]:
 
 def rewind(run_dir, iteration: int) -> None:
     """Make the run look as if it had been killed right after saving `iteration`."""
+    for p in run_dir.glob("model_final.*"):  # a killed run never wrote its final weights
+        p.unlink()
     for p in run_dir.glob("model_*.pth"):
         if int(p.stem.split("_")[1]) > iteration:
             p.unlink()

@@ -118,3 +118,34 @@ def test_paper_size_backbone_without_weights_warns_loudly():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         Backbone("resnet18")  # the demo's small random-init backbone: no warning
+
+
+def test_loads_safetensors_and_headless_checkpoints_through_timm(tmp_path):
+    from safetensors.torch import save_file
+
+    src = timm.create_model("resnet18", pretrained=False).state_dict()
+    save_file({k: v.contiguous() for k, v in src.items()}, tmp_path / "w.safetensors")
+    torch.save({k: v for k, v in src.items() if not k.startswith("fc.")}, tmp_path / "headless.pth")
+    for name in ("w.safetensors", "headless.pth"):
+        own = Backbone("resnet18", weights=str(tmp_path / name)).body.state_dict()
+        assert own and all(torch.equal(v, src[k]) for k, v in own.items()), name
+
+
+def test_a_deeper_model_of_the_same_family_is_refused_naming_its_extra_keys(tmp_path):
+    """resnet34's file holds resnet18's keys and more: a lenient load would take the first blocks silently."""
+    path = tmp_path / "r34.pth"
+    torch.save(timm.create_model("resnet34", pretrained=False).state_dict(), path)
+    with pytest.raises(ValueError, match=r"r34.pth do not fit timm model 'resnet18'.*unexpected keys.*layer1\.2"):
+        Backbone("resnet18", weights=str(path))
+
+
+class _Pickled:
+    pass
+
+
+def test_a_pickled_object_is_refused_without_unsafe_advice(tmp_path):
+    path = tmp_path / "obj.pth"
+    torch.save({"state_dict": timm.create_model("resnet18").state_dict(), "extra": _Pickled()}, path)
+    with pytest.raises(ValueError, match="obj.pth") as err:
+        Backbone("resnet18", weights=str(path))
+    assert "_Pickled" in str(err.value) and "weights_only=False" not in str(err.value)
