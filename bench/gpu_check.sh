@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Paper scale on one GPU: every figure of issue 27 beside its target, in at most 8 minutes.
+# Paper scale on one GPU: every paper-scale figure (memory, accumulation, precompute, decode, stalls) beside its target, in at most 8 minutes.
 #   bench/gpu_check.sh                   on the GPU machine (carry .whl/, made by bench/fetch_wheels.sh)
 #   bench/gpu_check.sh --cpu --quick     every part at toy size on a CPU (checks the script itself)
 #   bench/gpu_check.sh --parts cache,semi   a subset (cache, step, semi, accumulation, memory, dry_run)
