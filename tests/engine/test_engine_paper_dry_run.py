@@ -66,7 +66,7 @@ def test_coco_5pct_config_runs_both_stages_on_a_coco_shaped_set(tmp_path):
         f"data.unlabeled_list={tmp_path}/splits/instances_train2017_25pct_seed0_unlabeled.json",
         f"depth.cache.root={tmp_path}/caches", f"model.backbone_weights={weights}", f"train.output_dir={run}",
         # iteration counts
-        "semi.teacher_iters=5", "train.max_iter=10", "semi.burn_in_iter=2", "train.checkpoint_period=5",
+        "semi.teacher_iters=5", "train.max_iter=10", "semi.burn_in_iter=2", "train.checkpoint_period=2",
         "train.eval_period=0", "train.log_period=1",
         # CPU sizes: tiny estimator in place of vits, resnet18, a small decoder, 128-px canvas, batch 2
         "depth.estimator.name=tiny", "depth.estimator.weights=null", "depth.estimator.input_size=56",
@@ -93,6 +93,10 @@ def test_coco_5pct_config_runs_both_stages_on_a_coco_shaped_set(tmp_path):
     # each stage of 5 steps decays at round(0.889 * 5) = its step 4 (the 5th); 0.963 * 5 rounds to its end
     assert [lr[i] for i in range(1, 11)] == pytest.approx([1.0] * 4 + [0.1] + [1.0] * 4 + [0.1])
     assert {r.get("stage") for r in rows if "stage" in r} == {"A", "B"}
+    # a long run keeps the config's few newest full checkpoints (5 were written) and ends with its final weights
+    assert shipped.train.keep_checkpoints == 3
+    assert sorted(p.name for p in run.glob("model_0*.pth")) == [f"model_{i:07d}.pth" for i in (6, 8, 10)]
+    assert (run / "model_final.pth").is_file() and (run / "model_final.safetensors").is_file()
     ckpt = load_checkpoint(run / "model_0000010.pth")
     assert not any("num_batches_tracked" in k for k in ckpt["model"] if k.startswith("backbone."))  # frozen BN
 
