@@ -83,14 +83,17 @@ def main() -> None:
 @click.option("--num-val", default=200, show_default=True, help="Validation images.")
 @click.option("--size", default=128, show_default=True, help="Image side in pixels.")
 @click.option("--seed", default=0, show_default=True)
-@click.option("--preset", type=click.Choice(["default", "small"]), default="default", show_default=True,
-              help="Scene distribution: 'default' (large floating objects) or 'small' (small objects on a ground "
-                   "plane, distractors, 4 classes); the options below override it.")
-@click.option("--layout", type=click.Choice(["floating", "ground"]), help="Objects on own depth planes, or standing "
-              "on a ground plane (depth continuous at the contact line).")
+@click.option("--preset", type=click.Choice(["default", "small", "clutter"]), default="default", show_default=True,
+              help="Scene distribution: 'default' (large floating objects), 'small' (small objects on a ground "
+                   "plane, distractors, 4 classes) or 'clutter' (6-14 overlapping objects of varied size lying on "
+                   "a table, 5 classes); the options below override it.")
+@click.option("--layout", type=click.Choice(["floating", "ground", "tabletop"]), help="Objects on own depth planes, "
+              "standing on a ground plane (depth continuous at the contact line), or lying on a table seen from "
+              "above (a few cm nearer than what they lie on).")
 @click.option("--objects", help="Objects per scene, LO-HI (e.g. 2-7).")
 @click.option("--object-size", help="Object half-extent as a fraction of the image side, LO-HI (e.g. 0.035-0.2).")
-@click.option("--classes", help="Comma-separated shapes: ellipse, rectangle, triangle, cross, diamond.")
+@click.option("--classes", help="Comma-separated shapes: ellipse, rectangle, triangle, cross, diamond, ring, star, "
+              "pentagon.")
 @click.option("--distractors", help="Shapes painted flat on the background per scene (no depth, no label), LO-HI.")
 @click.option("--min-area", type=int, help="Visible pixels an object needs to be kept.")
 def make_synthetic(out_dir: str, num_train: int, num_val: int, size: int, seed: int, preset: str, layout, objects,

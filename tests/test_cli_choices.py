@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 import click.testing
 from dgseg import cli
-from dgseg.pipeline.data.synthetic import PRESETS
+from dgseg.pipeline.data.synthetic import LAYOUTS, PRESETS
 
 
 def _choices(command: click.Command, option: str) -> list[str]:
@@ -18,6 +18,11 @@ def test_make_synthetic_preset_is_a_choice_of_the_real_presets():
     assert sorted(_choices(cli.main.commands["make-synthetic"], "preset")) == sorted(PRESETS)
     out = click.testing.CliRunner().invoke(cli.main, ["make-synthetic", "--out", "x", "--preset", "smal"])
     assert out.exit_code != 0 and "'smal' is not one of" in out.output
+
+
+def test_make_synthetic_layout_is_a_choice_of_the_real_layouts():
+    assert list(_choices(cli.main.commands["make-synthetic"], "layout")) == list(LAYOUTS)
+    assert {spec.layout for spec in PRESETS.values()} == set(LAYOUTS)  # clutter brings the third, tabletop
 
 
 def test_predict_offers_the_weights_evaluate_offers():

@@ -141,7 +141,7 @@ def test_spec_options_and_errors(tmp_path):
     assert coco.dataset["info"]["scene"]["classes"] == ["diamond", "cross"]
     assert parse_range("2-7", int, "objects") == (2, 7) and parse_range("0.1", float, "x") == (0.1, 0.1)
     for bad in (dict(objects=(0, 3)), dict(objects=(4, 2)), dict(object_size=(0.1, 0.9)),
-                dict(classes=("hexagon",)), dict(classes=()), dict(distractors=(2, 1))):
+                dict(classes=("hexagon",)), dict(classes=()), dict(distractors=(2, 1)), dict(layout="table")):
         try:
             SceneSpec(**bad)
         except ValueError as err:
@@ -164,3 +164,125 @@ def test_make_synthetic_cli_preset(tmp_path):
     bad = subprocess.run([sys.executable, "cli.py", "make-synthetic", "--out", str(tmp_path / "t"), "--objects", "x-2"],
                          cwd=root, capture_output=True, text=True)
     assert bad.returncode != 0 and "--objects" in bad.stderr + bad.stdout
+
+
+# --- the third distribution: clutter on a table (tabletop layout, new shapes) ----------------------
+
+from dgseg.pipeline.data.synthetic import SHAPES  # noqa: E402
+
+
+def _neighbours(a: np.ndarray, b: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """Index pairs (p, q) of pixels next to each other along `axis`, p in `a` and q in `b` (both orders)."""
+    lo = [slice(None)] * 2
+    hi = [slice(None)] * 2
+    lo[axis], hi[axis] = slice(0, -1), slice(1, None)
+    lo, hi = tuple(lo), tuple(hi)
+    first = np.nonzero(a[lo] & b[hi])
+    second = np.nonzero(a[hi] & b[lo])
+    step = np.eye(2, dtype=int)[axis]
+    p = np.concatenate([np.stack(first, 1), np.stack(second, 1) + step])
+    q = np.concatenate([np.stack(first, 1) + step, np.stack(second, 1)])
+    return p, q
+
+
+def test_clutter_preset_writes_a_dataset(tmp_path):
+    """Many objects per image, five classes, disjoint masks of >= min_area pixels, and a table whose depth
+    rises from the bottom row (about 0.8 m) to the top row (about 2.5 m) with no backdrop."""
+    spec = PRESETS["clutter"]
+    summary = generate_dataset(tmp_path, num_train=12, num_val=3, size=128, seed=1, spec=spec)
+    assert "12 images" in summary and "3 images" in summary
+    counts = []
+    for split, n in (("train", 12), ("val", 3)):
+        coco = COCO(str(tmp_path / "annotations" / f"{split}.json"))
+        assert len(coco.getImgIds()) == n
+        assert [c["name"] for c in coco.loadCats(sorted(coco.getCatIds()))] == list(spec.classes)
+        assert coco.dataset["info"]["scene"]["layout"] == "tabletop"
+        for img in coco.loadImgs(coco.getImgIds()):
+            assert Image.open(tmp_path / "images" / split / img["file_name"]).mode == "RGB"
+            depth = np.asarray(Image.open(tmp_path / "depth" / img["file_name"])).astype(np.int64)
+            anns = coco.loadAnns(coco.getAnnIds(imgIds=img["id"]))
+            counts.append(len(anns))
+            cover = np.zeros((128, 128), dtype=np.int32)
+            for a in anns:
+                m = coco.annToMask(a).astype(bool)
+                assert a["area"] == m.sum() >= spec.min_area
+                cover += m
+            assert cover.max() <= 1, "masks of one image overlap"
+            table = cover == 0
+            # the table everywhere it shows: farther one row up (top = far), no backdrop
+            both = table[:-1] & table[1:]
+            assert (depth[:-1][both] > depth[1:][both]).all()
+            assert 650 <= depth[-1][table[-1]].mean() <= 950 and 2150 <= depth[0][table[0]].mean() <= 2850
+            assert depth.max() <= 2950  # 2.8 m and a 5 % sideways roll
+    assert all(1 <= n <= spec.objects[1] for n in counts)
+    assert np.mean(counts) >= 6, counts  # clutter: many objects survive the occlusion
+
+
+def test_clutter_objects_lie_on_the_table_and_on_each_other():
+    """An object is only slightly nearer than the table beside it in the same row (a few cm: weak but
+    present depth edges); objects touch and overlap a lot, and where two touch, one is nearer."""
+    rng = np.random.default_rng(0)
+    spec = PRESETS["clutter"]
+    steps, touching, total, between = [], 0, 0, []
+    for _ in range(20):
+        _, depth_mm, masks, labels = render_scene(rng, 128, spec=spec)
+        depth = depth_mm.astype(np.int64)
+        assert set(labels.tolist()) <= {1, 2, 3, 4, 5} and len(masks) <= 14
+        assert not (masks.sum(0) > 1).any()
+        table = ~masks.any(0)
+        for m in masks:
+            p, q = _neighbours(m, table, axis=1)  # same row: the table's depth hardly changes sideways
+            if len(p):
+                step = depth[q[:, 0], q[:, 1]] - depth[p[:, 0], p[:, 1]]
+                assert (step > 0).all(), "an object is nearer than the table beside it"
+                steps.append(np.median(step))
+            others = masks.any(0) & ~m
+            p, q = _neighbours(m, others, axis=1)
+            touching += bool(len(p))
+            total += 1
+            between.extend(np.abs(depth[q[:, 0], q[:, 1]] - depth[p[:, 0], p[:, 1]]).tolist())
+    assert 10 <= np.median(steps) <= 60, np.median(steps)  # a few cm: weak edges, unlike the default's metres
+    assert touching / total > 0.4, touching / total
+    assert np.median(between) >= 5
+
+
+def test_clutter_is_deterministic(tmp_path):
+    spec = PRESETS["clutter"]
+    generate_dataset(tmp_path / "a", num_train=6, num_val=2, size=64, seed=4, spec=spec)
+    generate_dataset(tmp_path / "b", num_train=6, num_val=2, size=64, seed=4, spec=spec)
+    generate_dataset(tmp_path / "c", num_train=6, num_val=2, size=64, seed=5, spec=spec)
+    assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
+    assert _digest(tmp_path / "a") != _digest(tmp_path / "c")
+
+
+def test_new_shapes_are_distinct_and_inside_their_extents():
+    vv, uu = np.mgrid[-40:41, -40:41].astype(float)
+    a, b = 30.0, 22.0
+    masks = {name: fn(uu, vv, a, b) for name, fn in SHAPES.items()}
+    for name in ("ring", "star", "pentagon"):
+        m = masks[name]
+        assert m.sum() > 200, name
+        assert np.abs(uu[m]).max() <= a and np.abs(vv[m]).max() <= b, name
+        for other, o in masks.items():
+            if other != name:
+                assert (m != o).sum() > 0.1 * m.sum(), (name, other)
+    assert not masks["ring"][40, 40] and masks["ring"][40, 40 + 25]  # a hole in the middle
+    assert masks["star"].sum() < masks["pentagon"].sum() < masks["ellipse"].sum()
+    # the star's five points: along its axis it reaches a, halfway between two points it does not
+    assert masks["star"][40, 40 + 29] and not masks["star"][40 + 15, 40 + 20]
+
+
+def test_make_synthetic_cli_clutter(tmp_path):
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "cli.py", "make-synthetic", "--out", str(tmp_path / "s"), "--num-train", "4",
+                          "--num-val", "2", "--size", "64", "--preset", "clutter"],
+                         cwd=root, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    coco = COCO(str(tmp_path / "s" / "annotations" / "train.json"))
+    assert [c["name"] for c in coco.loadCats(sorted(coco.getCatIds()))] == ["ring", "star", "pentagon", "cross",
+                                                                           "triangle"]
+    assert len(list((tmp_path / "s" / "images" / "val").glob("*.png"))) == 2
+    assert len(list((tmp_path / "s" / "depth").glob("*.png"))) == 6
