@@ -1,0 +1,81 @@
+"""The rows of a results folder as docs/results.md shows them: each run's last evaluation, seeds pooled.
+
+python scripts/results_table.py RUNS_DIR [--curves]
+
+A row is every run `NAME` or `NAME_seedK` of the folder that finished (`final_eval/metrics.json`): the mean
+mask AP over its seeds, their spread (max - min) and each seed's AP, then the student's AP where the run
+kept one (stage B). `--curves` adds the val AP at each evaluation of every run that evaluated more than
+twice (a stage-A run to its plateau).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+from statistics import mean
+
+SEED = re.compile(r"^(?P<name>.+?)(?:_seed(?P<seed>\d+))?$")
+
+
+def final_ap(run: Path, which: str = "final_eval") -> float | None:
+    path = run / which / "metrics.json"
+    return json.loads(path.read_text())["AP"] if path.is_file() else None
+
+
+def rows(folder: Path) -> dict[str, dict[int, Path]]:
+    """{row name: {seed: run folder}} of the finished runs under `folder`."""
+    out: dict[str, dict[int, Path]] = {}
+    seen: set[Path] = set()
+    for run in sorted(p for p in folder.iterdir() if p.is_dir()):
+        if final_ap(run) is None or run.resolve() in seen:  # a link to a run already listed is not a second row
+            continue
+        seen.add(run.resolve())
+        m = SEED.match(run.name)
+        out.setdefault(m["name"], {})[int(m["seed"] or 0)] = run
+    return out
+
+
+def fmt(values: list[float]) -> str:
+    return " / ".join(f"{v:.2f}" for v in values)
+
+
+def table(folder: Path) -> list[str]:
+    lines = ["| run | seeds | mask AP, mean | spread | per seed | student, mean |", "|---|---|---|---|---|---|"]
+    for name, seeds in rows(folder).items():
+        aps = [final_ap(seeds[s]) for s in sorted(seeds)]
+        students = [a for a in (final_ap(seeds[s], "final_eval_student") for s in sorted(seeds)) if a is not None]
+        student = f"{mean(students):.2f}" if students else ""
+        lines.append(f"| `{name}` | {len(aps)} | {mean(aps):.2f} | {max(aps) - min(aps):.2f} | {fmt(aps)} "
+                     f"| {student} |")
+    return lines
+
+
+def curves(folder: Path) -> list[str]:
+    lines = []
+    runs = {p.resolve(): p for p in sorted(folder.iterdir(), reverse=True) if (p / "metrics.jsonl").is_file()}
+    for run in sorted(runs.values()):
+        points = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        points = [(r["iter"], r["val/AP"]) for r in points if r.get("val/AP") is not None]
+        if len(points) > 2:
+            lines.append(f"- `{run.name}` val AP by iteration: " + ", ".join(f"{i}: {ap:.2f}" for i, ap in points))
+    return lines
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0].startswith("-"):
+        print(__doc__, file=sys.stderr)
+        return 2
+    folder = Path(argv[0])
+    if not folder.is_dir():
+        print(f"results_table: no folder {folder}", file=sys.stderr)
+        return 2
+    print("\n".join(table(folder)))
+    if "--curves" in argv[1:]:
+        print("\n" + "\n".join(curves(folder)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
