@@ -1,11 +1,13 @@
 """The rows of a results folder as docs/results.md shows them: each run's last evaluation, seeds pooled.
 
 python scripts/results_table.py RUNS_DIR [--curves]
+python scripts/results_table.py --parts RUN_DIR ...
 
 A row is every run `NAME` or `NAME_seedK` of the folder that finished (`final_eval/metrics.json`): the mean
 mask AP over its seeds, their spread (max - min) and each seed's AP, then the student's AP where the run
 kept one (stage B). `--curves` adds the val AP at each evaluation of every run that evaluated more than
-twice (a stage-A run to its plateau).
+twice (a stage-A run to its plateau). `--parts` prints, for runs trained with `train.time_parts=true`, the
+seconds per step of each timed part and of the whole step, leaving out the intervals that held an evaluation.
 """
 
 from __future__ import annotations
@@ -63,7 +65,27 @@ def curves(folder: Path) -> list[str]:
     return lines
 
 
+def step_parts(run: Path) -> dict[str, float]:
+    """Seconds per step of every `time/*` part (cumulative in the log) and of the step, evaluations left out."""
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    evals = {r["iter"] for r in records if r.get("val/AP") is not None}
+    rows = [r for r in records if "time" in r][1:]  # the first interval holds start-up
+    # an evaluation runs after its step's row is logged, so it falls in the interval that row starts
+    pairs = [(a, b) for a, b in zip(rows[:-1], rows[1:], strict=True) if a["iter"] not in evals]
+    steps = sum(b["iter"] - a["iter"] for a, b in pairs)
+    out = {"step": sum(b["time"] - a["time"] for a, b in pairs) / steps}
+    first, last = rows[0], rows[-1]
+    n = last["iter"] - first["iter"]
+    out.update({k[5:]: (v - first.get(k, 0.0)) / n for k, v in last.items() if k.startswith("time/")})
+    out["data wait"] = (last["data_time"] - first["data_time"]) / n
+    return out
+
+
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["--parts"] and len(argv) > 1:
+        for run in map(Path, argv[1:]):
+            print(f"{run}: " + ", ".join(f"{k} {v:.3f}" for k, v in step_parts(run).items()) + " (s/step)")
+        return 0
     if not argv or argv[0].startswith("-"):
         print(__doc__, file=sys.stderr)
         return 2
