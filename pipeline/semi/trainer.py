@@ -73,26 +73,23 @@ def supervised_losses(ctx: RunContext, model: nn.Module, batch) -> dict[str, tor
 @torch.no_grad()
 def teacher_pseudo_labels(ctx: RunContext, teacher: nn.Module, batch,
                           timer: StepTimer | None = None) -> tuple[list[dict], list[dict] | None]:  # fmt: skip
-    """RGB and depth pseudo-label sets of an unlabelled batch (depth None when not used).
-
-    The two views go through the teacher as one batch of 2B images: the teacher is in eval mode, where
-    each image's predictions are its own (tests/model/test_model_batch_invariance.py), so this is the
-    same as two forwards at the cost of one (fewer, larger kernels; one pass of the filter)."""
+    """RGB and depth pseudo-label sets of an unlabelled batch (depth None when not used)."""
     semi = ctx.cfg.semi
     timer = timer or StepTimer()
     size = tuple(batch.images.shape[-2:])
     label = PseudoLabeler.from_config(semi)
-    n = batch.images.shape[0]
-    images, valid, features = batch.images, batch.valid, batch.features
-    if semi.depth_pseudo_labels:
-        images = torch.cat([images, render_depth_view(batch.depth, batch.valid)])
-        valid = torch.cat([valid, valid])
-        features = {k: torch.cat([v, v]) for k, v in features.items()}
-    with timer("teacher"), ctx.autocast:
-        out = teacher(images, features if ctx.use_depth else None, ~valid)
+    with timer("teacher"):
+        out_rgb = _forward(ctx, teacher, batch.images, batch)
     with timer("pseudo_labels"):
-        labels = label(out, size, valid)
-    return labels[:n], (labels[n:] if semi.depth_pseudo_labels else None)
+        rgb = label(out_rgb, size, batch.valid)
+    depth = None
+    if semi.depth_pseudo_labels:
+        with timer("teacher"):
+            view = render_depth_view(batch.depth, batch.valid)
+            out_depth = _forward(ctx, teacher, view, batch)
+        with timer("pseudo_labels"):
+            depth = label(out_depth, size, batch.valid)
+    return rgb, depth
 
 
 def labelled_micro_steps(ctx: RunContext, model: nn.Module, batch, timer: StepTimer, it: int) -> dict:
