@@ -85,8 +85,10 @@ seeds() {  # seeds NAME OVERRIDES...: the row for train.seed 0 .. SEEDS-1, two r
   local name=$1; shift
   local s n=0
   for ((s = 0; s < SEEDS; s++)); do
-    if [ -f "$OUT/$(seeded "$name" $s)/final_eval/metrics.json" ]; then echo "skip $(seeded "$name" $s) (done)"; continue; fi
-    run "$(seeded "$name" $s)" "$@" "train.seed=$s" &
+    local one; one=$(seeded "$name" $s)
+    # a finished seed takes no slot of the pair (run would skip it too, but after taking one)
+    if [ -f "$OUT/$one/final_eval/metrics.json" ]; then echo "skip $one (done)"; continue; fi
+    run "$one" "$@" "train.seed=$s" &
     n=$((n + 1))
     if (( n % 2 == 0 )); then wait; fi
   done
@@ -147,7 +149,8 @@ control() {  # control PCT: stage A to its plateau, stage B after it, stage A al
   run "A_plateau_$p" $split $(stage_a $PLATEAU_ITERS) "train.eval_period=$every" "train.checkpoint_period=$every" \
     train.keep_checkpoints=8
   local total=$((PLATEAU_ITERS + B_ITERS))
-  seeds "B_plateau_$p" $split $(plateau_teacher "$p") &
+  local teacher; teacher=$(plateau_teacher "$p")  # an assignment, so set -e stops here when it is missing
+  seeds "B_plateau_$p" $split $teacher &
   seeds "A_plateau_${p}_${total}it" $split $(stage_a $total) "train.eval_period=$((total / 4))" \
     "train.checkpoint_period=$((total / 4))" &
   wait
@@ -184,7 +187,7 @@ ablation() {  # ablation PCT: each depth component off in stage B, from the plat
 mkdir -p "$OUT"
 case "${1:-}" in
   --control) shift; for p in "$@"; do control "$p"; done ;;
-  --stage-b) name=$2; p=$3; shift 3; seeds "B_${name}_$p" $(split_of "$p") $(plateau_teacher "$p") "$@" ;;
+  --stage-b) name=$2; p=$3; shift 3; teacher=$(plateau_teacher "$p"); seeds "B_${name}_$p" $(split_of "$p") $teacher "$@" ;;
   --ablation) shift; for p in "$@"; do ablation "$p"; done ;;
   --reseed) run "B_full_${2}_seed$3" $(split_of "$2") $(teacher_of "A_2view_$2") $B_EVAL "train.seed=$3" ;;
   --targets) shift; for p in "$@"; do targets "$p"; done ;;

@@ -26,14 +26,20 @@ def final_ap(run: Path, which: str = "final_eval") -> float | None:
     return json.loads(path.read_text())["AP"] if path.is_file() else None
 
 
+def run_dirs(folder: Path) -> list[Path]:
+    """The run folders under `folder` by name, each once: a link to a run already listed is not a second run."""
+    unique: dict[Path, Path] = {}
+    for run in sorted(p for p in folder.iterdir() if p.is_dir()):
+        unique.setdefault(run.resolve(), run)
+    return list(unique.values())
+
+
 def rows(folder: Path) -> dict[str, dict[int, Path]]:
     """{row name: {seed: run folder}} of the finished runs under `folder`."""
     out: dict[str, dict[int, Path]] = {}
-    seen: set[Path] = set()
-    for run in sorted(p for p in folder.iterdir() if p.is_dir()):
-        if final_ap(run) is None or run.resolve() in seen:  # a link to a run already listed is not a second row
+    for run in run_dirs(folder):
+        if final_ap(run) is None:
             continue
-        seen.add(run.resolve())
         m = SEED.match(run.name)
         out.setdefault(m["name"], {})[int(m["seed"] or 0)] = run
     return out
@@ -56,8 +62,7 @@ def table(folder: Path) -> list[str]:
 
 def curves(folder: Path) -> list[str]:
     lines = []
-    runs = {p.resolve(): p for p in sorted(folder.iterdir(), reverse=True) if (p / "metrics.jsonl").is_file()}
-    for run in sorted(runs.values()):
+    for run in (r for r in run_dirs(folder) if (r / "metrics.jsonl").is_file()):
         points = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
         points = [(r["iter"], r["val/AP"]) for r in points if r.get("val/AP") is not None]
         if len(points) > 2:
@@ -69,12 +74,12 @@ def step_parts(run: Path) -> dict[str, float]:
     """Seconds per step of every `time/*` part (cumulative in the log) and of the step, evaluations left out."""
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
     evals = {r["iter"] for r in records if r.get("val/AP") is not None}
-    rows = [r for r in records if "time" in r][1:]  # the first interval holds start-up
+    logged = [r for r in records if "time" in r][1:]  # the first interval holds start-up
     # an evaluation runs after its step's row is logged, so it falls in the interval that row starts
-    pairs = [(a, b) for a, b in zip(rows[:-1], rows[1:], strict=True) if a["iter"] not in evals]
+    pairs = [(a, b) for a, b in zip(logged[:-1], logged[1:], strict=True) if a["iter"] not in evals]
     steps = sum(b["iter"] - a["iter"] for a, b in pairs)
     out = {"step": sum(b["time"] - a["time"] for a, b in pairs) / steps}
-    first, last = rows[0], rows[-1]
+    first, last = logged[0], logged[-1]
     n = last["iter"] - first["iter"]
     out.update({k[5:]: (v - first.get(k, 0.0)) / n for k, v in last.items() if k.startswith("time/")})
     out["data wait"] = (last["data_time"] - first["data_time"]) / n
