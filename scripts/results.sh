@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The results tables of docs/results.md on the generated RGB-D datasets (CPU, 1 thread per run, two runs at a
 # time on two cores), with the demo configs' recipe and budget.
-# Usage: bash scripts/results.sh [--preset default|small] [--seeds N] [MODE] PCT ...   (default: --preset default, 5)
-# PRESET picks configs/demo.yaml (data/synthetic) or configs/demo_small.yaml (data/synthetic_small,
-# `make-synthetic --preset small`); runs go to runs/results/PRESET/ (OUT overrides). --seeds N trains each
+# Usage: bash scripts/results.sh [--preset default|small|clutter] [--seeds N] [MODE] PCT ...   (default: --preset default, 5)
+# PRESET picks configs/demo.yaml (data/synthetic), configs/demo_small.yaml (data/synthetic_small,
+# `make-synthetic --preset small`) or configs/demo_clutter.yaml (data/synthetic_clutter); runs go to runs/results/PRESET/ (OUT overrides). --seeds N trains each
 # row with train.seed 0 .. N-1 (seed 0 keeps the row's name, seed K adds _seedK);
 # `python scripts/results_table.py OUT` prints every row's mean, spread and seeds.
 #
@@ -48,7 +48,8 @@ done
 case "$PRESET" in
   default) CONFIG=configs/demo.yaml; DATA=data/synthetic ;;
   small) CONFIG=configs/demo_small.yaml; DATA=data/synthetic_small ;;
-  *) echo "results.sh: unknown --preset $PRESET (default or small)" >&2; exit 2 ;;
+  clutter) CONFIG=configs/demo_clutter.yaml; DATA=data/synthetic_clutter ;;
+  *) echo "results.sh: unknown --preset $PRESET (default, small or clutter)" >&2; exit 2 ;;
 esac
 OUT=${OUT:-runs/results/$PRESET}
 SUP_ITERS=${SUP_ITERS:-700}
