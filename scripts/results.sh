@@ -23,7 +23,11 @@
 #   --control PCT   stage B after a stage A at its plateau: the two-view teacher alone for PLATEAU_ITERS
 #                   (1600; val AP every PLATEAU_ITERS / 8: the curve that shows the plateau), stage B
 #                   from its final weights for B_ITERS (300) per seed, and the two-view teacher alone for
-#                   PLATEAU_ITERS + B_ITERS (the same labelled steps) per seed, the two rows side by side.
+#                   PLATEAU_ITERS + B_ITERS (the same labelled steps) per seed, the two rows side by side;
+#                   and the paired control, stage B from the same teacher without the unlabelled loss
+#                   (B_unsup0_PCT, semi.unsup_weight=0: the same schedule and EMA), per seed. Stage A's own
+#                   run-to-run spread is large (docs/experiments/2026-12-07-stage-b-ablation.md), so
+#                   only rows from one teacher compare.
 #   --stage-b NAME PCT [OVERRIDES...]  stage B from the plateau teacher of --control with OVERRIDES
 #                   (a lever: train.lr=..., semi.ema_decay=...), per seed, as B_NAME_PCT.
 #   --ablation PCT  the paper's ablation from the plateau teacher, per seed: depth pseudo-labels off, the
@@ -155,6 +159,7 @@ control() {  # control PCT: stage A to its plateau, stage B after it, stage A al
   seeds "A_plateau_${p}_${total}it" $split $(stage_a $total) "train.eval_period=$((total / 4))" \
     "train.checkpoint_period=$((total / 4))" &
   wait
+  seeds "B_unsup0_$p" $split $teacher semi.unsup_weight=0
 }
 
 targets() {  # targets PCT: the full method and supervised + Depth Fusion at two lengths, on two parallel queues
