@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The results tables of docs/results.md on the generated RGB-D datasets (CPU, 1 thread per run, two runs at a
 # time on two cores), with the demo configs' recipe and budget.
-# Usage: bash scripts/results.sh [--preset default|small|clutter] [--seeds N] [MODE] PCT ...   (default: --preset default, 5)
+# Usage: bash scripts/results.sh [--preset default|small|clutter] [--seeds N] [MODE] PCT ...
+#   (default: --preset default, 5)
 # PRESET picks configs/demo.yaml (data/synthetic), configs/demo_small.yaml (data/synthetic_small,
-# `make-synthetic --preset small`) or configs/demo_clutter.yaml (data/synthetic_clutter); runs go to runs/results/PRESET/ (OUT overrides). --seeds N trains each
-# row with train.seed 0 .. N-1 (seed 0 keeps the row's name, seed K adds _seedK);
+# `make-synthetic --preset small`) or configs/demo_clutter.yaml (data/synthetic_clutter); runs go to
+# runs/results/PRESET/ (OUT overrides). --seeds N trains each row with train.seed 0 .. N-1 (seed 0 keeps the row's name, seed K adds _seedK);
 # `python scripts/results_table.py OUT` prints every row's mean, spread and seeds.
 #
 # Budgets are equal in labelled steps: every row trains SUP_ITERS (700) iterations of batch 8
