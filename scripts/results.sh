@@ -5,7 +5,8 @@
 #   (default: --preset default, 5)
 # PRESET picks configs/demo.yaml (data/synthetic), configs/demo_small.yaml (data/synthetic_small,
 # `make-synthetic --preset small`) or configs/demo_clutter.yaml (data/synthetic_clutter); runs go to
-# runs/results/PRESET/ (OUT overrides). --seeds N trains each row with train.seed 0 .. N-1 (seed 0 keeps the row's name, seed K adds _seedK);
+# runs/results/PRESET/ (OUT overrides). --seeds N trains each row with train.seed 0 .. N-1 (seed 0 keeps the
+# row's name, seed K adds _seedK);
 # `python scripts/results_table.py OUT` prints every row's mean, spread and seeds.
 #
 # Budgets are equal in labelled steps: every row trains SUP_ITERS (700) iterations of batch 8
