@@ -157,10 +157,13 @@ control() {  # control PCT: stage A to its plateau, stage B after it, stage A al
     train.keep_checkpoints=8
   local total=$((PLATEAU_ITERS + B_ITERS))
   local teacher; teacher=$(plateau_teacher "$p")  # an assignment, so set -e stops here when it is missing
-  seeds "B_plateau_$p" $split $teacher &
-  seeds "A_plateau_${p}_${total}it" $split $(stage_a $total) "train.eval_period=$((total / 4))" \
-    "train.checkpoint_period=$((total / 4))" &
-  wait
+  local s
+  for ((s = 0; s < SEEDS; s++)); do  # one seed of each row side by side: two runs at a time on two cores
+    run "$(seeded "B_plateau_$p" $s)" $split $teacher "train.seed=$s" &
+    run "$(seeded "A_plateau_${p}_${total}it" $s)" $split $(stage_a $total) "train.eval_period=$((total / 4))" \
+      "train.checkpoint_period=$((total / 4))" "train.seed=$s" &
+    wait
+  done
   seeds "B_unsup0_$p" $split $teacher semi.unsup_weight=0
 }
 
