@@ -27,9 +27,9 @@
 #                   from its final weights for B_ITERS (300) per seed, and the two-view teacher alone for
 #                   PLATEAU_ITERS + B_ITERS (the same labelled steps) per seed, the two rows side by side;
 #                   and the paired control, stage B from the same teacher without the unlabelled loss
-#                   (B_unsup0_PCT, semi.unsup_weight=0: the same schedule and EMA), per seed. Stage A's own
-#                   run-to-run spread is large (docs/experiments/2026-12-07-stage-b-ablation.md), so
-#                   only rows from one teacher compare.
+#                   (B_unsup0_PCT, semi.unsup_weight=0: the same schedule and EMA), per seed. Two sessions'
+#                   runs of one stage-A command ended 7 AP apart, so only rows from one teacher compare
+#                   (docs/experiments/2026-12-08-three-seeds-one-teacher.md).
 #   --stage-b NAME PCT [OVERRIDES...]  stage B from the plateau teacher of --control with OVERRIDES
 #                   (a lever: train.lr=..., semi.ema_decay=...), per seed, as B_NAME_PCT.
 #   --ablation PCT  the paper's ablation from the plateau teacher, per seed: depth pseudo-labels off, the
